@@ -1,0 +1,1 @@
+"""Pure segmentation core: aggregates, rules, classifier. No I/O, no clock reads."""

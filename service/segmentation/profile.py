@@ -1,0 +1,122 @@
+"""Per-customer aggregates and the pure fold that builds them.
+
+The Redis apply script (``service/store/lua/apply.lua``) is the incremental twin of
+:func:`apply_event`: both must produce the same :class:`Profile` for the same events, and the
+property tests hold them to it.
+
+Money is kept as integers in ten-thousandths of the base currency (``MONEY_SCALE``), so sums
+never drift; the API renders it with exactly two decimals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+MONEY_SCALE = 10_000
+"""Money unit: 1 = 0.0001 of the base currency."""
+
+MS_PER_DAY = 86_400_000
+
+EventKind = Literal["purchase", "refund", "engagement"]
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Additive aggregates of a set of events (a day, a window or a lifetime)."""
+
+    orders: int = 0
+    """Purchase events."""
+    spend: int = 0
+    """Sum of purchase amounts, money units."""
+    refunds: int = 0
+    """Refund events."""
+    refunded: int = 0
+    """Sum of refund amounts, money units."""
+    margin: int = 0
+    """Purchase margins minus refunded margins, where known, money units."""
+    discounted_spend: int = 0
+    """Spend on orders that carried a discount, money units."""
+    premium_spend: int = 0
+    """Spend on premium-tier items, money units."""
+    engagements: int = 0
+    """Engagement events of any action."""
+    support_contacts: int = 0
+    """Engagement events with action ``support_contact``."""
+
+    def __add__(self, other: Totals) -> Totals:
+        return Totals(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple(), strict=True)))
+
+    def as_tuple(self) -> tuple[int, ...]:
+        return (
+            self.orders,
+            self.spend,
+            self.refunds,
+            self.refunded,
+            self.margin,
+            self.discounted_spend,
+            self.premium_spend,
+            self.engagements,
+            self.support_contacts,
+        )
+
+    @property
+    def net_spend(self) -> int:
+        return self.spend - self.refunded
+
+
+ZERO = Totals()
+
+
+@dataclass(frozen=True, slots=True)
+class EventDelta:
+    """What one validated event adds to a customer's aggregates (the apply script's input)."""
+
+    kind: EventKind
+    day: int
+    """UTC epoch day of ``occurred_at``."""
+    occurred_ms: int
+    """``occurred_at`` in epoch milliseconds."""
+    totals: Totals
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """Everything the classifier knows about one customer."""
+
+    customer_id: str
+    first_purchase_ms: int | None = None
+    last_purchase_ms: int | None = None
+    last_engagement_ms: int | None = None
+    lifetime: Totals = ZERO
+    days: Mapping[int, Totals] = field(default_factory=dict)
+    """Daily buckets by UTC epoch day, kept back to the longest window."""
+
+    @property
+    def known(self) -> bool:
+        return self.lifetime != ZERO or bool(self.days)
+
+
+def apply_event(profile: Profile, delta: EventDelta, *, min_day: int) -> Profile:
+    """Fold one event into a profile; buckets older than ``min_day`` are dropped.
+
+    Mirrors ``apply.lua`` exactly (minus the idempotency marks, which live only in Redis).
+    """
+    first, last, engaged = profile.first_purchase_ms, profile.last_purchase_ms, profile.last_engagement_ms
+    if delta.kind == "purchase":
+        first = delta.occurred_ms if first is None else min(first, delta.occurred_ms)
+        last = delta.occurred_ms if last is None else max(last, delta.occurred_ms)
+    elif delta.kind == "engagement":
+        engaged = delta.occurred_ms if engaged is None else max(engaged, delta.occurred_ms)
+    days = {d: t for d, t in profile.days.items() if d >= min_day}
+    if delta.day >= min_day:
+        days[delta.day] = days.get(delta.day, ZERO) + delta.totals
+    return replace(
+        profile,
+        first_purchase_ms=first,
+        last_purchase_ms=last,
+        last_engagement_ms=engaged,
+        lifetime=profile.lifetime + delta.totals,
+        days=days,
+    )
