@@ -1,0 +1,1 @@
+"""Redis only: key layout, Lua scripts, the profile store adapter."""

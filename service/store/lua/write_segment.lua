@@ -1,0 +1,26 @@
+-- Write a customer's segmentation and its shard indexes, atomically and only if nothing
+-- changed since the caller read the profile (compare-and-set on revision and segmentation).
+-- KEYS[1] customer hash   KEYS[2] old segment's member set   KEYS[3] new segment's member set
+-- KEYS[4] shard counts    KEYS[5] shard due index
+-- ARGV[1] expected revision   ARGV[2] expected packed segmentation ('' = none)
+-- ARGV[3] new packed segmentation
+-- ARGV[4] old segment name ('' = none)   ARGV[5] new segment name
+-- ARGV[6] next review, epoch ms ('' = never)   ARGV[7] customer id
+-- Returns 1 written, 0 conflict (re-read and retry).
+if (redis.call('HGET', KEYS[1], 'v') or '') ~= ARGV[1] then return 0 end
+if (redis.call('HGET', KEYS[1], 'g') or '') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'g', ARGV[3])
+if ARGV[4] ~= ARGV[5] then
+  if ARGV[4] ~= '' then
+    redis.call('SREM', KEYS[2], ARGV[7])
+    redis.call('HINCRBY', KEYS[4], ARGV[4], -1)
+  end
+  redis.call('SADD', KEYS[3], ARGV[7])
+  redis.call('HINCRBY', KEYS[4], ARGV[5], 1)
+end
+if ARGV[6] == '' then
+  redis.call('ZREM', KEYS[5], ARGV[7])
+else
+  redis.call('ZADD', KEYS[5], ARGV[6], ARGV[7])
+end
+return 1

@@ -1,0 +1,168 @@
+"""The profile store: Redis adapter behind a small Protocol the consumer depends on."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Protocol
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+from service.segmentation.profile import EventDelta
+from service.store.keys import Keys, shard_of
+from service.store.packing import CustomerState, StoredSegmentation, decode_customer, encode_totals, pack_segmentation
+from service.store.redis_client import AnyRedis
+
+_KIND_CODE = {"purchase": "p", "refund": "r", "engagement": "e"}
+
+APPLIED, SKIPPED_OFFSET, SKIPPED_DUPLICATE = 1, 0, 2
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyRequest:
+    """One decoded event with its source position."""
+
+    customer_id: str
+    partition: int
+    offset: int
+    event_hash: bytes
+    delta: EventDelta
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentWrite:
+    """Compare-and-set of one customer's segmentation."""
+
+    customer_id: str
+    expected_revision: str
+    expected_packed: str
+    old_segment: str | None
+    new: StoredSegmentation
+
+
+class ProfileStore(Protocol):
+    async def apply(
+        self, requests: Sequence[ApplyRequest], *, min_day: int
+    ) -> tuple[list[int], dict[str, CustomerState]]: ...
+
+    async def read(self, customer_ids: Sequence[str], *, min_day: int) -> dict[str, CustomerState]: ...
+
+    async def write_segments(self, writes: Sequence[SegmentWrite]) -> list[bool]: ...
+
+
+class _Script:
+    """A Lua script called by SHA, loaded on demand (a restarted Redis forgets scripts)."""
+
+    def __init__(self, name: str) -> None:
+        self.source = resources.files("service.store").joinpath(f"lua/{name}.lua").read_text()
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+
+    async def load(self, redis: AnyRedis) -> None:
+        if isinstance(redis, Redis):
+            await redis.script_load(self.source)
+        else:  # cluster: every primary needs it
+            await redis.script_load(self.source, target_nodes=redis.PRIMARIES)  # type: ignore[call-arg,attr-defined]
+
+
+class RedisProfileStore:
+    """Customers as hashes, applied and segmented by Lua scripts (see packing.py for fields)."""
+
+    def __init__(self, redis: AnyRedis, keys: Keys, *, ring_size: int) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._ring_size = str(ring_size)
+        self._apply = _Script("apply")
+        self._write = _Script("write_segment")
+
+    @property
+    def keys(self) -> Keys:
+        return self._keys
+
+    async def apply(
+        self, requests: Sequence[ApplyRequest], *, min_day: int
+    ) -> tuple[list[int], dict[str, CustomerState]]:
+        """Applies events in order (one Lua call each) and reads back every touched customer.
+
+        One pipelined round trip. Safe to repeat after any failure: the apply is idempotent.
+        """
+        touched: dict[str, str] = {}
+        min_day_arg = str(min_day)
+        ring = self._ring_size
+        sha = self._apply.sha
+
+        def build(pipe: Any) -> None:
+            for r in requests:
+                key = touched.get(r.customer_id)
+                if key is None:
+                    key = touched[r.customer_id] = self._keys.customer(r.customer_id)
+                d = r.delta
+                pipe.evalsha(
+                    sha, 1, key, r.partition, r.offset, r.event_hash, _KIND_CODE[d.kind],
+                    d.day, d.occurred_ms, encode_totals(d.totals), min_day_arg, ring,
+                )
+            for key in touched.values():
+                pipe.hgetall(key)
+
+        results = await self._run(build, self._apply)
+        n = len(requests)
+        outcomes = [int(x) for x in results[:n]]
+        states = {
+            cid: decode_customer(cid, fields, min_day=min_day)
+            for cid, fields in zip(touched, results[n:], strict=True)
+        }
+        return outcomes, states
+
+    async def read(self, customer_ids: Sequence[str], *, min_day: int) -> dict[str, CustomerState]:
+        ids = list(dict.fromkeys(customer_ids))
+
+        def build(pipe: Any) -> None:
+            for cid in ids:
+                pipe.hgetall(self._keys.customer(cid))
+
+        results = await self._run(build, None)
+        return {
+            cid: decode_customer(cid, fields, min_day=min_day)
+            for cid, fields in zip(ids, results, strict=True)
+            if fields
+        }
+
+    async def write_segments(self, writes: Sequence[SegmentWrite]) -> list[bool]:
+        """Writes segmentations with their indexes; False where a concurrent change won."""
+        sha = self._write.sha
+        k = self._keys
+
+        def build(pipe: Any) -> None:
+            for w in writes:
+                shard = shard_of(w.customer_id)
+                new_segment = w.new.segment
+                old_segment = w.old_segment or ""
+                pipe.evalsha(
+                    sha, 5,
+                    k.customer(w.customer_id, shard),
+                    k.segment_members(shard, old_segment or new_segment),
+                    k.segment_members(shard, new_segment),
+                    k.counts(shard),
+                    k.due(shard),
+                    w.expected_revision, w.expected_packed, pack_segmentation(w.new),
+                    old_segment, new_segment,
+                    "" if w.new.next_review_ms is None else str(w.new.next_review_ms),
+                    w.customer_id,
+                )
+
+        results = await self._run(build, self._write)
+        return [int(x) == 1 for x in results]
+
+    async def _run(self, build: Any, script: _Script | None) -> list[Any]:
+        for attempt in (1, 2):
+            pipe = self._redis.pipeline(transaction=False)
+            build(pipe)
+            try:
+                return list(await pipe.execute())
+            except NoScriptError:
+                if attempt == 2 or script is None:
+                    raise
+                await script.load(self._redis)
+        raise AssertionError("unreachable")
