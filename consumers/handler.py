@@ -1,0 +1,148 @@
+"""One batch of event records, from bytes to committed-ready state.
+
+The runner calls :meth:`BatchHandler.handle` and commits the batch's offsets only after it
+returns. The order inside is the whole exactly-once argument:
+
+1. decode and validate every record; invalid ones are produced to the dead-letter topic
+   (original bytes, source position and reason in headers), acknowledged before step 6;
+2. apply the valid events to Redis, one atomic Lua call each, in one pipeline; the script
+   skips events at or below the customer's (partition, offset) watermark and recent event ids,
+   so a replayed batch changes nothing; the same round trip reads back every touched customer;
+3–5. classify, produce changes and await acks, write segments (:mod:`consumers.segmenter`);
+6. (runner) commit offsets.
+
+Transient Redis failures are retried with backoff, forever: an offset is never committed past
+an event that is not applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from consumers.codec import DeadLetter, DecodedEvent, EventCodec, dead_letter_headers
+from consumers.segmenter import Segmenter, min_day_for
+from schemas.changes import Trigger
+from service.segmentation.rules import Rules
+from service.store.profiles import APPLIED, SKIPPED_DUPLICATE, ApplyRequest, ProfileStore
+from service.retry import with_backoff
+from service.settings import Settings
+
+
+class Record(Protocol):
+    """The fields of a Kafka consumer record the handler uses."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+class DeadLetterSink(Protocol):
+    async def send_dead_letters(self, topic: str, records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]) -> None:
+        """Sends every (key, value, headers) and returns once all are acknowledged."""
+
+
+@dataclass(slots=True)
+class BatchStats:
+    records: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    changes: int = 0
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+
+
+class BatchHandler:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        codec: EventCodec,
+        store: ProfileStore,
+        segmenter: Segmenter,
+        dead_letters: DeadLetterSink,
+        rules: Callable[[], Rules],
+        clock: Callable[[], datetime],
+        stopping: asyncio.Event | None = None,
+    ) -> None:
+        self._settings = settings
+        self._codec = codec
+        self._store = store
+        self._segmenter = segmenter
+        self._dead_letters = dead_letters
+        self._rules = rules
+        self._clock = clock
+        self._stopping = stopping
+
+    async def handle(self, records: Sequence[Record]) -> BatchStats:
+        """Steps 1–5 for one batch; safe to call again with the same records after a failure."""
+        stats = BatchStats(records=len(records))
+        now = self._clock()
+        requests: list[ApplyRequest] = []
+        triggers: dict[str, Trigger] = {}
+        dead: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
+
+        # 1. decode; dead letters keep their original bytes and say where they came from
+        for rec in records:
+            decoded = self._codec.decode(rec.key, rec.value, now=now)
+            if isinstance(decoded, DeadLetter):
+                headers = dead_letter_headers(decoded, topic=rec.topic, partition=rec.partition, offset=rec.offset)
+                dead.append((rec.key, rec.value, headers))
+                stats.dead_letter_reasons[decoded.reason] = stats.dead_letter_reasons.get(decoded.reason, 0) + 1
+                continue
+            requests.append(_request(decoded, rec))
+            triggers[decoded.event.customer_id] = Trigger(
+                event_id=decoded.event.event_id, topic=rec.topic, partition=rec.partition, offset=rec.offset
+            )
+        stats.dead_lettered = len(dead)
+        dead_sent = (
+            asyncio.ensure_future(self._dead_letters.send_dead_letters(self._settings.kafka.dlq_topic, dead))
+            if dead
+            else None
+        )
+
+        try:
+            if requests:
+                # 2. apply + read back, one round trip, retried until Redis answers
+                rules = self._rules()
+                min_day = min_day_for(now, rules)
+                outcomes, states = await self._retry(lambda: self._store.apply(requests, min_day=min_day), "apply")
+                stats.applied = sum(1 for o in outcomes if o == APPLIED)
+                stats.duplicates = sum(1 for o in outcomes if o == SKIPPED_DUPLICATE)
+
+                # 3–5. classify, produce changes (acked), write segments
+                result = await self._retry(
+                    lambda: self._segmenter.settle(states, now=now, cause="event", triggers=triggers),
+                    "settle",
+                )
+                stats.changes = len(result.changes)
+        finally:
+            if dead_sent is not None:
+                await dead_sent  # the dead letters must be durable before the runner commits
+        return stats
+
+    async def _retry(self, op, what: str):  # type: ignore[no-untyped-def]
+        redis = self._settings.redis
+        return await with_backoff(
+            op, what=what, initial_s=redis.retry_initial_s, max_s=redis.retry_max_s, stopping=self._stopping
+        )
+
+
+def _request(decoded: DecodedEvent, rec: Record) -> ApplyRequest:
+    return ApplyRequest(
+        customer_id=decoded.event.customer_id,
+        partition=rec.partition,
+        offset=rec.offset,
+        event_hash=decoded.event_hash,
+        delta=decoded.delta,
+    )

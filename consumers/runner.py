@@ -1,0 +1,178 @@
+"""The consumer loop: poll a batch → handle it → commit its offsets.
+
+Offsets are committed only after :meth:`BatchHandler.handle` returned, i.e. after the events
+are applied, the change events acknowledged and the segments written. A rebalance waits for the
+batch in flight (the listener takes the same lock), so a partition is handed over with its
+offsets committed; a consumer that lost its partitions anyway (stalled past the poll interval)
+is fenced by the per-customer watermark in Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, RebalanceInProgressError
+
+from consumers.codec import EventCodec
+from consumers.handler import BatchHandler, BatchStats
+from consumers.segmenter import Segmenter
+from service.errors import StopRequested
+from service.kafka import ProducerSink, client_options, create_producer, ensure_topics
+from service.segmentation.rules import Rules, load_rules
+from service.settings import Settings
+from service.store.keys import Keys
+from service.store.profiles import RedisProfileStore
+from service.store.redis_client import create_redis
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ConsumerTotals:
+    """Running counters since start (the metrics endpoint reads these)."""
+
+    batches: int = 0
+    records: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    changes: int = 0
+    commit_failures: int = 0
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+
+    def add(self, s: BatchStats) -> None:
+        self.batches += 1
+        self.records += s.records
+        self.applied += s.applied
+        self.duplicates += s.duplicates
+        self.dead_lettered += s.dead_lettered
+        self.changes += s.changes
+        for reason, n in s.dead_letter_reasons.items():
+            self.dead_letter_reasons[reason] = self.dead_letter_reasons.get(reason, 0) + n
+
+
+class _HandOver(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Holds a rebalance until the batch in flight is handled and committed."""
+
+    def __init__(self, lock: asyncio.Lock) -> None:
+        self._lock = lock
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        async with self._lock:
+            log.info("partitions revoked", extra={"partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked)})
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("partitions assigned", extra={"partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)})
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ConsumerApp:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        rules: Rules | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.settings = settings
+        self.rules = rules if rules is not None else load_rules(settings.rules_file)
+        self.clock = clock
+        self.stopping = asyncio.Event()
+        self.totals = ConsumerTotals()
+        self.assigned = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    def request_stop(self) -> None:
+        self.stopping.set()
+
+    async def run(self) -> None:
+        s = self.settings
+        await ensure_topics(s.kafka)
+        redis = create_redis(s.redis)
+        store = RedisProfileStore(redis, Keys(s.redis.key_prefix), ring_size=s.state.event_id_ring)
+        producer = create_producer(s.kafka)
+        consumer = AIOKafkaConsumer(
+            **client_options(s.kafka),
+            group_id=s.kafka.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_interval_ms=s.kafka.max_poll_interval_ms,
+            session_timeout_ms=s.kafka.session_timeout_ms,
+            heartbeat_interval_ms=max(1000, s.kafka.session_timeout_ms // 4),
+            fetch_max_bytes=32 * 1024 * 1024,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        consumer.subscribe([s.kafka.events_topic], listener=_HandOver(self._lock))
+        await producer.start()
+        await consumer.start()
+        sink = ProducerSink(producer)
+        rules = lambda: self.rules  # noqa: E731 - swapped at run time by the rules watcher
+        handler = BatchHandler(
+            s,
+            codec=EventCodec(s.validation),
+            store=store,
+            segmenter=Segmenter(store, sink, changes_topic=s.kafka.changes_topic, rules=rules),
+            dead_letters=sink,
+            rules=rules,
+            clock=self.clock,
+            stopping=self.stopping,
+        )
+        log.info("consumer started", extra={"topic": s.kafka.events_topic, "group": s.kafka.group_id})
+        try:
+            await self._loop(consumer, handler)
+        except StopRequested:
+            log.info("stopping before the batch was applied; it will be replayed")
+        finally:
+            await consumer.stop()  # leaves the group
+            await producer.stop()
+            await redis.aclose()
+            log.info("consumer stopped", extra={"records": self.totals.records})
+
+    async def _loop(self, consumer: AIOKafkaConsumer, handler: BatchHandler) -> None:
+        s = self.settings.kafka
+        while not self.stopping.is_set():
+            batches = await consumer.getmany(timeout_ms=s.poll_timeout_ms, max_records=s.max_batch)
+            if consumer.assignment():
+                self.assigned.set()
+            if not batches:
+                continue
+            async with self._lock:
+                records = [r for recs in batches.values() for r in recs]
+                stats = await self._handle(handler, records)
+                offsets = {tp: recs[-1].offset + 1 for tp, recs in batches.items()}
+                try:
+                    await consumer.commit(offsets)
+                except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
+                    # Partitions moved on; the new owner replays, the watermark fences us.
+                    self.totals.commit_failures += 1
+                    log.warning("commit refused", extra={"error": type(exc).__name__})
+                self.totals.add(stats)
+
+    async def _handle(self, handler: BatchHandler, records: list) -> BatchStats:  # type: ignore[type-arg]
+        delay = 0.2
+        while True:
+            try:
+                return await handler.handle(records)
+            except KafkaError as exc:
+                if self.stopping.is_set():
+                    raise StopRequested("produce") from exc
+                log.warning("producing failed, retrying the batch", extra={"error": repr(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+async def run_consumer(settings: Settings) -> None:
+    app = ConsumerApp(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, app.request_stop)
+    await app.run()

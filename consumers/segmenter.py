@@ -1,0 +1,179 @@
+"""Steps 3–5 of every path that can change a segment (consumer, sweeper, re-classification).
+
+For a set of customers just read from the store:
+
+3. classify each one at ``now`` with the active rules (pure);
+4. produce a change event for every customer whose segment, axes or treatment differ from the
+   stored ones, and await every acknowledgement;
+5. write the new segmentation and the shard indexes with a compare-and-set per customer; a
+   customer that changed meanwhile is read again and goes round once more.
+
+A change event is produced *before* its segmentation is written: a crash in between replays
+the work, recomputes the same result from the same state and produces the change again with
+the same deterministic ``change_id``. Nothing is lost; a repeat can be dropped downstream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+import orjson
+
+from schemas.changes import SegmentationOut, SegmentChange, Trigger
+from service.errors import WriteConflict
+from service.segmentation.classifier import classify
+from service.segmentation.rules import Rules
+from service.segmentation.types import Cause, Segmentation
+from service.store.packing import CustomerState, StoredSegmentation, epoch_ms, from_epoch_ms
+from service.store.profiles import ProfileStore, SegmentWrite
+
+MAX_WRITE_ROUNDS = 5
+MS_PER_DAY = 86_400_000
+
+
+class RecordSink(Protocol):
+    """Where change events go (a Kafka producer in production)."""
+
+    async def send_all(self, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+        """Sends every (key, value) and returns once all are acknowledged."""
+
+
+@dataclass(frozen=True, slots=True)
+class SettleResult:
+    written: int
+    changes: list[SegmentChange]
+
+
+def min_day_for(now: datetime, rules: Rules) -> int:
+    """Oldest daily bucket any window can still see."""
+    return epoch_ms(now) // MS_PER_DAY - rules.max_window + 1
+
+
+def change_id(customer_id: str, cause: Cause, trigger: str, before: str, after: str) -> str:
+    """Deterministic: the same transition for the same reason always has the same id."""
+    material = "\x1f".join((customer_id, cause, trigger, before, after)).encode()
+    return hashlib.sha256(material).hexdigest()[:32]
+
+
+def _stored_from(seg: Segmentation) -> StoredSegmentation:
+    return StoredSegmentation(
+        segment=seg.segment,
+        axes=seg.axes,
+        treatment_id=seg.treatment.id,
+        rules_version=seg.rules_version,
+        as_of_ms=epoch_ms(seg.as_of),
+        next_review_ms=None if seg.next_review_at is None else epoch_ms(seg.next_review_at),
+    )
+
+
+def previous_out(stored: StoredSegmentation, rules: Rules) -> SegmentationOut:
+    """A stored segmentation as it appears in a change event (reasons are not kept)."""
+    return SegmentationOut.from_domain(
+        Segmentation(
+            segment=stored.segment,
+            axes=stored.axes,
+            treatment=rules.treatment(stored.treatment_id),
+            reasons=(),
+            rules_version=stored.rules_version,
+            as_of=from_epoch_ms(stored.as_of_ms),
+            next_review_at=None if stored.next_review_ms is None else from_epoch_ms(stored.next_review_ms),
+        )
+    )
+
+
+class Segmenter:
+    def __init__(
+        self,
+        store: ProfileStore,
+        sink: RecordSink,
+        *,
+        changes_topic: str,
+        rules: Callable[[], Rules],
+        retry: Callable[[Callable[[], Awaitable[object]], str], Awaitable[object]] | None = None,
+    ) -> None:
+        self._store = store
+        self._sink = sink
+        self._topic = changes_topic
+        self._rules = rules
+        self._retry = retry
+
+    async def settle(
+        self,
+        states: Mapping[str, CustomerState],
+        *,
+        now: datetime,
+        cause: Cause,
+        triggers: Mapping[str, Trigger],
+    ) -> SettleResult:
+        """Runs steps 3–5 for ``states`` (see the module docstring)."""
+        rules = self._rules()
+        pending = dict(states)
+        written = 0
+        emitted: list[SegmentChange] = []
+        for _ in range(MAX_WRITE_ROUNDS):
+            writes: list[SegmentWrite] = []
+            records: list[tuple[bytes, bytes]] = []
+            for cid, state in pending.items():
+                if not state.profile.known:
+                    continue
+                seg = classify(state.profile, rules, now=now)
+                new = _stored_from(seg)
+                old = state.stored
+                if old is not None and old.fingerprint() == new.fingerprint():
+                    if old.rules_version == new.rules_version and old.next_review_ms == new.next_review_ms:
+                        continue  # nothing to write
+                else:
+                    change = self._change(cid, old, seg, rules, cause=cause, now=now, trigger=triggers.get(cid))
+                    emitted.append(change)
+                    records.append((cid.encode(), orjson.dumps(change.model_dump(mode="json"))))
+                writes.append(
+                    SegmentWrite(
+                        customer_id=cid,
+                        expected_revision=state.revision,
+                        expected_packed=state.packed,
+                        old_segment=None if old is None else old.segment,
+                        new=new,
+                    )
+                )
+            if records:
+                await self._sink.send_all(self._topic, records)  # 4. acknowledged before 5.
+            if not writes:
+                break
+            ok = await self._store.write_segments(writes)
+            written += sum(ok)
+            conflicts = [w.customer_id for w, done in zip(writes, ok, strict=True) if not done]
+            if not conflicts:
+                break
+            pending = dict(await self._store.read(conflicts, min_day=min_day_for(now, rules)))
+        else:
+            raise WriteConflict(f"{len(pending)} customers kept changing during {MAX_WRITE_ROUNDS} rounds")
+        return SettleResult(written=written, changes=emitted)
+
+    def _change(
+        self,
+        customer_id: str,
+        old: StoredSegmentation | None,
+        seg: Segmentation,
+        rules: Rules,
+        *,
+        cause: Cause,
+        now: datetime,
+        trigger: Trigger | None,
+    ) -> SegmentChange:
+        before = "" if old is None else repr(old.fingerprint())
+        after = repr(_stored_from(seg).fingerprint())
+        trigger_key = "" if trigger is None else trigger.identity()
+        return SegmentChange(
+            change_id=change_id(customer_id, cause, trigger_key, before, after),
+            customer_id=customer_id,
+            cause=cause,
+            as_of=now,
+            rules_version=seg.rules_version,
+            previous=None if old is None else previous_out(old, rules),
+            current=SegmentationOut.from_domain(seg),
+            trigger=trigger,
+        )

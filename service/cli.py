@@ -1,0 +1,103 @@
+"""The one command line: ``segments <role>``. The same image runs every role."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from service.settings import get_settings
+
+
+def _consume(_: argparse.Namespace) -> int:
+    from consumers.runner import run_consumer
+
+    asyncio.run(run_consumer(get_settings()))
+    return 0
+
+
+def _topics(args: argparse.Namespace) -> int:
+    from service.kafka import ensure_topics
+
+    asyncio.run(ensure_topics(get_settings().kafka, partitions=args.partitions))
+    return 0
+
+
+def _rules_validate(args: argparse.Namespace) -> int:
+    from service.segmentation.rules import RulesError, parse_rules
+
+    try:
+        rules = parse_rules(Path(args.file).read_text())
+    except RulesError as exc:
+        print(f"{args.file}: invalid rules", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem['path']}: {problem['message']}", file=sys.stderr)
+        return 1
+    print(f"{args.file}: valid, version {rules.version}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from service.demo import run_demo
+
+    asyncio.run(run_demo(get_settings(), rate=args.rate, customers=args.customers, duration_s=args.duration))
+    return 0
+
+
+def _api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = get_settings()
+    uvicorn.run(
+        "service.api.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segments", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("consume", help="run the event consumer").set_defaults(run=_consume)
+
+    api = sub.add_parser("api", help="serve the HTTP API and dashboard")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--workers", type=int, default=1)
+    api.set_defaults(run=_api)
+
+    topics = sub.add_parser("topics", help="create the Kafka topics if missing")
+    topics.add_argument("--partitions", type=int, default=8)
+    topics.set_defaults(run=_topics)
+
+    rules = sub.add_parser("rules", help="work with rule files").add_subparsers(dest="rules_command", required=True)
+    validate = rules.add_parser("validate", help="validate a rules file and print its version")
+    validate.add_argument("file")
+    validate.set_defaults(run=_rules_validate)
+
+    demo = sub.add_parser("demo", help="produce synthetic customer traffic")
+    demo.add_argument("--rate", type=float, default=200.0, help="events per second")
+    demo.add_argument("--customers", type=int, default=5_000)
+    demo.add_argument("--duration", type=float, default=None, help="seconds; forever if unset")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    from service.logs import configure_logging
+
+    configure_logging(get_settings().log_level)
+    sys.exit(args.run(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Kafka client construction and topic set-up, shared by every role."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from service.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+def client_options(settings: KafkaSettings) -> dict[str, Any]:
+    """Connection options common to consumers, producers and the admin client."""
+    opts: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap,
+        "client_id": settings.client_id,
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.sasl_mechanism:
+        opts["sasl_mechanism"] = settings.sasl_mechanism
+        opts["sasl_plain_username"] = settings.sasl_username
+        if settings.sasl_password is not None:
+            opts["sasl_plain_password"] = settings.sasl_password.get_secret_value()
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        opts["ssl_context"] = create_ssl_context()
+    return opts
+
+
+def create_producer(settings: KafkaSettings) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        **client_options(settings),
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        max_batch_size=256 * 1024,
+        request_timeout_ms=30_000,
+    )
+
+
+async def ensure_topics(settings: KafkaSettings, *, partitions: int = 8) -> None:
+    """Creates the events, changes and dead-letter topics if they are missing."""
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(name, num_partitions=partitions, replication_factor=1)
+            for name in (settings.events_topic, settings.changes_topic, settings.dlq_topic)
+            if name not in existing
+        ]
+        if wanted:
+            try:
+                await admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass
+            log.info("topics created", extra={"topics": [t.name for t in wanted]})
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+
+class ProducerSink:
+    """Change events and dead letters through one idempotent producer; waits for every ack."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self._producer = producer
+
+    async def send_all(self, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+        send = self._producer.send
+        futures = [await send(topic, value, key=key) for key, value in records]
+        await asyncio.gather(*futures)
+
+    async def send_dead_letters(
+        self, topic: str, records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]
+    ) -> None:
+        send = self._producer.send
+        futures = [await send(topic, value, key=key, headers=headers) for key, value, headers in records]
+        await asyncio.gather(*futures)
