@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# `make demo`: the whole system on this machine with synthetic traffic.
+# Tansu (Kafka-compatible, starts in milliseconds) + Redis + consumer + API/dashboard + traffic.
+# Ctrl-C stops everything. Set SEGMENTS_DEMO_BROKER=kafka to use Apache Kafka instead.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+python="${PYTHON:-python3}"
+broker="${SEGMENTS_DEMO_BROKER:-tansu}"
+port="${SEGMENTS_DEMO_PORT:-8000}"
+state="$repo/.services/demo"
+mkdir -p "$state"
+
+[[ "${SKIP_INSTALL:-0}" == 1 ]] || bash scripts/install.sh
+
+pids=()
+cleanup() {
+    trap - EXIT INT TERM
+    echo; echo "==> stopping demo"
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    "$python" scripts/services.py --state-dir "$state" stop all >/dev/null 2>&1 || true
+}
+trap cleanup EXIT INT TERM
+
+echo "==> services: $broker, redis"
+"$python" scripts/services.py --state-dir "$state" start "$broker" redis
+eval "$("$python" scripts/services.py --state-dir "$state" env)"
+if [[ "$broker" == tansu ]]; then export SEGMENTS_KAFKA_BOOTSTRAP="$SEGMENTS_TANSU_BOOTSTRAP"; fi
+export SEGMENTS_API__KEYS="${SEGMENTS_API__KEYS:-}"
+
+"$python" -m service.cli topics
+"$python" -m service.cli consume >"$state/consumer.log" 2>&1 & pids+=($!)
+"$python" -m service.cli api --port "$port" >"$state/api.log" 2>&1 & pids+=($!)
+"$python" -m service.cli demo --customers "${SEGMENTS_DEMO_CUSTOMERS:-5000}" --rate "${SEGMENTS_DEMO_RATE:-200}" \
+    >"$state/demo.log" 2>&1 & pids+=($!)
+
+cat <<TXT
+
+  Customer segmentation demo is running.
+    Dashboard        http://127.0.0.1:$port/
+    API docs         http://127.0.0.1:$port/docs
+    A customer       http://127.0.0.1:$port/v1/customers/c-000001/segment
+    Segments         http://127.0.0.1:$port/v1/segments
+    Metrics          http://127.0.0.1:$port/metrics
+    Kafka            $SEGMENTS_KAFKA_BOOTSTRAP ($broker)     Redis  $SEGMENTS_REDIS_URL
+    Logs             $state/{consumer,api,demo}.log
+  Ctrl-C stops everything.
+
+TXT
+wait -n "${pids[@]}" || true
+echo "a demo process exited; see the logs in $state" >&2

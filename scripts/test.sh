@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (`make test`):
+#   1. install everything a fresh machine lacks (apt, pip, Kafka jars from Maven Central);
+#   2. start real Redis, Apache Kafka and Tansu in a private state dir;
+#   3. lint, unit tests, the integration suite against Apache Kafka, then against Tansu;
+#   4. stop every service, whatever happened.
+# pytest's exit code 5 (no tests collected) is a failure here, like any other non-zero code.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+python="${PYTHON:-python3}"
+
+[[ "${SKIP_INSTALL:-0}" == 1 ]] || bash scripts/install.sh
+
+state="$(mktemp -d /tmp/segments-test.XXXXXX)"
+cleanup() { "$python" scripts/services.py --state-dir "$state" stop all >/dev/null 2>&1 || true; rm -rf "$state"; }
+trap cleanup EXIT INT TERM
+
+echo "==> services: redis, kafka, tansu"
+"$python" scripts/services.py --state-dir "$state" start redis kafka tansu
+eval "$("$python" scripts/services.py --state-dir "$state" env)"
+export SEGMENTS_TEST_REDIS_URL="$SEGMENTS_REDIS_URL"
+
+run_pytest() {
+    local rc=0
+    "$python" -m pytest "$@" || rc=$?
+    if [[ $rc -eq 5 ]]; then echo "pytest collected no tests: failing" >&2; exit 1; fi
+    [[ $rc -eq 0 ]] || exit "$rc"
+}
+
+echo "==> lint"
+bash scripts/lint.sh
+
+echo "==> unit tests"
+run_pytest -q tests/unit
+
+echo "==> integration + e2e against Apache Kafka ($SEGMENTS_APACHE_KAFKA_BOOTSTRAP)"
+SEGMENTS_TEST_BROKER=kafka SEGMENTS_TEST_KAFKA_BOOTSTRAP="$SEGMENTS_APACHE_KAFKA_BOOTSTRAP" \
+    run_pytest -q tests/integration tests/e2e
+
+echo "==> integration against Tansu ($SEGMENTS_TANSU_BOOTSTRAP)"
+SEGMENTS_TEST_BROKER=tansu SEGMENTS_TEST_KAFKA_BOOTSTRAP="$SEGMENTS_TANSU_BOOTSTRAP" \
+    run_pytest -q tests/integration -m "not slow"
