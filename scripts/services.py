@@ -74,9 +74,11 @@ class _PortTaken(ServiceError):
     """The chosen port was taken before the service bound it; retry with new ports."""
 
 
-# Popen objects of services started by this process, kept so they are reaped on stop
-# (no zombies, no "subprocess still running" warnings when a test process starts them).
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+# Pids spawned by this process, so a failed or interrupted start can kill what it began.
+# Services are spawned with os.posix_spawn rather than subprocess.Popen: no Popen object
+# outlives a start (tests load this module more than once), and _reap collects the exit
+# status of any pid we started, whichever copy of the module started it.
+_SPAWNED: list[int] = []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,12 +175,12 @@ def fetch_kafka(version: str = KAFKA_VERSION) -> Path:
 def _start_with_retries(name: str, state_dir: Path) -> Info:
     starter = _STARTERS[name]
     for attempt in range(1, START_ATTEMPTS + 1):
-        before = set(_CHILDREN)
+        before = len(_SPAWNED)
         try:
             return starter(state_dir)
         except BaseException as exc:
             # Whatever went wrong (even Ctrl-C while waiting), leave nothing running behind.
-            for pid in set(_CHILDREN) - before:
+            for pid in _SPAWNED[before:]:
                 _terminate({"pids": [pid]})
             shutil.rmtree(state_dir / name, ignore_errors=True)
             if not isinstance(exc, _PortTaken) or attempt == START_ATTEMPTS:
@@ -190,8 +192,8 @@ def _start_redis(state_dir: Path) -> Info:
     redis_server = _require_binary("redis-server", "Redis is not installed")
     port = _free_ports(1)[0]
     data_dir, log_file = _fresh_dirs(state_dir, "redis")
-    proc = _spawn([redis_server, *_redis_args(port, data_dir, log_file)], log_file, cwd=data_dir)
-    info = _info("redis", [proc], [port], data_dir, log_file, url=f"redis://{HOST}:{port}/0")
+    pid = _spawn([redis_server, *_redis_args(port, data_dir, log_file)], log_file)
+    info = _info("redis", [pid], [port], data_dir, log_file, url=f"redis://{HOST}:{port}/0")
     _wait_or_fail(info, lambda: _redis_ping(port), "answer PING")
     return info
 
@@ -202,7 +204,7 @@ def _start_redis_cluster(state_dir: Path) -> Info:
     ports = _free_ports(6)
     client_ports, bus_ports = ports[:3], ports[3:]
     data_dir, log_file = _fresh_dirs(state_dir, "redis-cluster")
-    procs = []
+    pids = []
     node_logs = [state_dir / f"redis-cluster-{i}.log" for i in (1, 2, 3)]
     for port, bus, node_log in zip(client_ports, bus_ports, node_logs, strict=True):
         node_dir = data_dir / f"node-{port}"
@@ -215,9 +217,9 @@ def _start_redis_cluster(state_dir: Path) -> Info:
             "--cluster-config-file", str(node_dir / "nodes.conf"),
             "--cluster-node-timeout", "5000",
         ]  # fmt: skip
-        procs.append(_spawn([redis_server, *args], log_file, cwd=node_dir))
+        pids.append(_spawn([redis_server, *args], log_file))
     info = _info(
-        "redis-cluster", procs, client_ports, data_dir, log_file,
+        "redis-cluster", pids, client_ports, data_dir, log_file,
         url=f"redis://{HOST}:{client_ports[0]}",
         bus_ports=bus_ports,
         node_logs=[str(log) for log in node_logs],
@@ -275,13 +277,13 @@ def _start_kafka(state_dir: Path) -> Info:
         java, *KAFKA_HEAP_OPTS.split(),
         "-server", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
         "-XX:InitiatingHeapOccupancyPercent=35", "-XX:+ExitOnOutOfMemoryError",
-        "-Djava.awt.headless=true",
+        "-Djava.awt.headless=true", f"-XX:ErrorFile={state_dir / 'kafka-hs_err_%p.log'}",
         log4j, f"-Dkafka.logs.dir={data_dir / 'app-logs'}",
         "-cp", classpath, "kafka.Kafka", str(config),
     ]  # fmt: skip
-    proc = _spawn(cmd, log_file, cwd=data_dir)
+    pid = _spawn(cmd, log_file)
     info = _info(
-        "kafka", [proc], [broker_port], data_dir, log_file,
+        "kafka", [pid], [broker_port], data_dir, log_file,
         bootstrap=f"{HOST}:{broker_port}",
         controller_port=controller_port,
         version=KAFKA_VERSION,
@@ -314,8 +316,8 @@ def _start_tansu(state_dir: Path) -> Info:
     ]  # fmt: skip
     # Tansu also reads its settings from these variables; do not let the caller's leak in.
     env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
-    proc = _spawn(cmd, log_file, cwd=data_dir, env=env)
-    info = _info("tansu", [proc], [port], data_dir, log_file, bootstrap=f"{HOST}:{port}")
+    pid = _spawn(cmd, log_file, env=env)
+    info = _info("tansu", [pid], [port], data_dir, log_file, bootstrap=f"{HOST}:{port}")
     _wait_or_fail(info, lambda: _kafka_ready(port), "answer a Kafka Metadata request")
     return info
 
@@ -357,32 +359,23 @@ _STARTERS: dict[str, Callable[[Path], Info]] = {
 # Processes
 
 
-def _spawn(
-    cmd: list[str], log_file: Path, *, cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    with log_file.open("ab") as log:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # own process group: stop kills everything it started
-        )
-    _CHILDREN[proc.pid] = proc
-    return proc
+def _spawn(cmd: list[str], log_file: Path, *, env: dict[str, str] | None = None) -> int:
+    """Run ``cmd`` in a new session (own process group), output appended to ``log_file``."""
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, str(log_file), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644),
+        (os.POSIX_SPAWN_DUP2, 1, 2),
+    ]
+    pid = os.posix_spawn(
+        cmd[0], cmd, os.environ if env is None else env, file_actions=actions, setsid=True
+    )
+    _SPAWNED.append(pid)
+    return pid
 
 
 def _info(
-    name: str,
-    procs: list[subprocess.Popen[bytes]],
-    ports: list[int],
-    data_dir: Path,
-    log_file: Path,
-    **extra: Any,
+    name: str, pids: list[int], ports: list[int], data_dir: Path, log_file: Path, **extra: Any
 ) -> Info:
-    pids = [p.pid for p in procs]
     return {
         "name": name,
         "pid": pids[0],
@@ -504,11 +497,7 @@ def _running(pid: int) -> bool:
 
 
 def _reap(pid: int) -> None:
-    proc = _CHILDREN.get(pid)
-    if proc is not None:
-        if proc.poll() is not None:
-            del _CHILDREN[pid]
-        return
+    """Collect the exit status if ``pid`` is an exited child of this process (no zombies)."""
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
 
