@@ -38,7 +38,7 @@ def create_producer(settings: KafkaSettings) -> AIOKafkaProducer:
     return AIOKafkaProducer(
         **client_options(settings),
         acks="all",
-        enable_idempotence=True,
+        enable_idempotence=settings.idempotent_producer,
         linger_ms=5,
         max_batch_size=256 * 1024,
         request_timeout_ms=30_000,

@@ -42,6 +42,10 @@ class KafkaSettings(BaseModel):
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    idempotent_producer: bool = False
+    """Kafka producer idempotence. Not needed for correctness (change events carry a
+    deterministic ``change_id``; state is applied exactly once regardless); off by default
+    because some Kafka-compatible brokers (Tansu 0.6) refuse InitProducerId."""
     max_batch: int = Field(default=5_000, ge=1)
     """Records per ``getmany`` batch."""
     poll_timeout_ms: int = Field(default=200, ge=1)
