@@ -1,0 +1,473 @@
+"""Kafka record bytes → a validated event and its delta, or a dead letter with a reason.
+
+Policy: :meth:`EventCodec.decode` never raises for any key or value; a record that cannot be
+used comes back as a :class:`DeadLetter` (machine-readable :class:`Reason`, human-readable detail
+naming the field), which the handler sends to the dead-letter topic with the original bytes and
+:func:`dead_letter_headers`. It is never dropped silently and never stops the consumer.
+
+Checks run cheapest first, and a valid record is looked at once:
+
+1. size, before any parsing (``record_too_large``);
+2. one pydantic pass straight over the bytes: UTF-8, JSON, fields, types, ids, finite and
+   non-negative money, timestamp offsets (:mod:`schemas.events`);
+3. the record key must be the ``customer_id`` (``key_mismatch``);
+4. everything that depends on settings, in this module only: clock skew, item count, currency,
+   exact decimal places and the largest amount, while money is converted to base-currency
+   integer units (``MONEY_SCALE``) for the :class:`EventDelta`.
+
+Only a record that failed step 2 is parsed a second time, to name its reason precisely.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import (
+    MAX_EMAX,
+    MIN_EMIN,
+    ROUND_HALF_EVEN,
+    Context,
+    Decimal,
+    DivisionByZero,
+    Inexact,
+    InvalidOperation,
+    Overflow,
+)
+from enum import StrEnum
+from typing import Final
+
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails, from_json
+
+from schemas.events import (
+    EVENT_ADAPTER,
+    MONEY_DECIMAL_PLACES,
+    EngagementEvent,
+    Event,
+    PurchaseEvent,
+    RefundEvent,
+)
+from service.segmentation.profile import MONEY_SCALE, MS_PER_DAY, EventDelta, Totals
+from service.settings import ValidationSettings
+
+
+class Reason(StrEnum):
+    """Why a record was dead-lettered; the value is the ``dlq.reason`` header."""
+
+    RECORD_TOO_LARGE = "record_too_large"
+    INVALID_UTF8 = "invalid_utf8"
+    INVALID_JSON = "invalid_json"
+    """Not a JSON document (also: no value at all, ``NaN``/``Infinity`` literals)."""
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"
+    """A field (or the record) holds the wrong JSON type, e.g. a number for a string."""
+    UNKNOWN_EVENT_TYPE = "unknown_event_type"
+    UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
+    NEGATIVE_AMOUNT = "negative_amount"
+    NON_FINITE_AMOUNT = "non_finite_amount"
+    TOO_MANY_DECIMALS = "too_many_decimals"
+    AMOUNT_TOO_LARGE = "amount_too_large"
+    INVALID_ID = "invalid_id"
+    KEY_MISMATCH = "key_mismatch"
+    """The record key is not the ``customer_id`` (or is missing): it would break ordering."""
+    TIMESTAMP_WITHOUT_OFFSET = "timestamp_without_offset"
+    INVALID_TIMESTAMP = "invalid_timestamp"
+    TIMESTAMP_IN_FUTURE = "timestamp_in_future"
+    UNKNOWN_CURRENCY = "unknown_currency"
+    TOO_MANY_ITEMS = "too_many_items"
+    INVALID_FIELD = "invalid_field"
+    """Anything else: unknown field, value not allowed, string too long, ..."""
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedEvent:
+    """A record that passed every check."""
+
+    event: Event
+    """The validated event (a member of the :data:`schemas.events.Event` union)."""
+    delta: EventDelta
+    """What it adds to the customer's aggregates, money in base-currency units."""
+    event_hash: bytes
+    """8 bytes, ``blake2b(event_id, digest_size=8)``: the id in the duplicate ring."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record that failed a check."""
+
+    reason: str
+    """A :class:`Reason` value."""
+    detail: str
+    """Human-readable; names the field (``items[2].unit_price: ...``)."""
+
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS: Final = timedelta(milliseconds=1)
+_QUANTUM: Final = Decimal(1).scaleb(-MONEY_DECIMAL_PLACES)
+# Wide enough that no product of a bounded amount and a rate is ever rounded before the final
+# quantize, and no exponent a 64 KiB record can spell overflows or raises.
+_MONEY_CONTEXT: Final = Context(
+    prec=100,
+    rounding=ROUND_HALF_EVEN,
+    Emax=MAX_EMAX,
+    Emin=MIN_EMIN,
+    traps=[InvalidOperation, DivisionByZero, Overflow],
+)
+_EXACT_CONTEXT: Final = Context(
+    prec=100, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[Inexact, InvalidOperation, Overflow]
+)
+"""Scales money to units and raises :class:`Inexact` instead of rounding a digit away."""
+_MAX_EXACT_UNITS: Final = 2**53
+"""Redis scripts hold numbers as doubles: integers stay exact below 2**53."""
+_DETAIL_LIMIT: Final = 300
+"""Characters of ``detail`` kept (it travels in a Kafka header)."""
+
+_ENGAGED: Final = Totals(engagements=1)
+_SUPPORT_CONTACT: Final = Totals(engagements=1, support_contacts=1)
+
+
+class _Rejected(Exception):
+    """A post-parse check failed; carries the dead letter's reason and detail."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class EventCodec:
+    """Decodes records of the ``customer.events`` topic against the v1 contract and the
+    configured :class:`ValidationSettings`. Build one per consumer; not thread-safe (it caches
+    the last ``now``)."""
+
+    __slots__ = (
+        "_base_currency",
+        "_horizon_ms",
+        "_last_now",
+        "_max_amount",
+        "_max_items",
+        "_max_record_bytes",
+        "_min_amount",
+        "_rates",
+        "_skew_ms",
+    )
+
+    def __init__(self, validation: ValidationSettings) -> None:
+        if validation.max_amount * MONEY_SCALE >= _MAX_EXACT_UNITS:
+            raise ValueError(
+                f"max_amount {validation.max_amount} is too large: amounts must stay below "
+                f"2**53 money units ({_MAX_EXACT_UNITS // MONEY_SCALE})"
+            )
+        rates: dict[str, Decimal] = {}
+        for code, rate in validation.currency_rates.items():
+            if not rate.is_finite() or rate <= 0:
+                raise ValueError(f"currency_rates[{code}] must be a positive number, not {rate}")
+            rates[code.upper()] = rate
+        self._max_record_bytes = validation.max_record_bytes
+        self._max_amount = validation.max_amount
+        self._min_amount = -validation.max_amount
+        self._max_items = validation.max_items
+        self._skew_ms = validation.max_future_skew_s * 1000
+        self._base_currency = validation.base_currency.upper()
+        self._rates = rates
+        self._last_now: datetime | None = None
+        self._horizon_ms = 0
+
+    def decode(
+        self, key: bytes | None, value: bytes | None, *, now: datetime
+    ) -> DecodedEvent | DeadLetter:
+        """One record's key and value → the event and its delta, or why not.
+
+        ``now`` (timezone-aware) is the consumer's clock, for the future-skew bound.
+        """
+        if value is None:
+            return DeadLetter(Reason.INVALID_JSON, "record: no value (a tombstone)")
+        if len(value) > self._max_record_bytes:
+            return DeadLetter(
+                Reason.RECORD_TOO_LARGE,
+                f"record: {len(value)} bytes, more than max_record_bytes {self._max_record_bytes}",
+            )
+        try:
+            event = EVENT_ADAPTER.validate_json(value)
+        except ValidationError as invalid:
+            return _explain(value, invalid)
+        if key is None:
+            return DeadLetter(Reason.KEY_MISMATCH, "key: missing; it must be the customer_id")
+        if key != event.customer_id.encode():
+            return DeadLetter(
+                Reason.KEY_MISMATCH,
+                _clip(f"key: {bytes(key[:140])!r} is not customer_id {event.customer_id!r}"),
+            )
+        try:
+            delta = self._delta(event, now)
+        except _Rejected as rejected:
+            return DeadLetter(rejected.reason, _clip(rejected.detail))
+        event_hash = hashlib.blake2b(event.event_id.encode(), digest_size=8).digest()
+        return DecodedEvent(event=event, delta=delta, event_hash=event_hash)
+
+    def _delta(self, event: Event, now: datetime) -> EventDelta:
+        occurred_ms = (event.occurred_at - _EPOCH) // _ONE_MS
+        if occurred_ms > self._horizon(now):
+            raise _Rejected(
+                Reason.TIMESTAMP_IN_FUTURE,
+                f"occurred_at: {event.occurred_at.isoformat()} is more than "
+                f"{self._skew_ms // 1000}s after now ({now.isoformat()})",
+            )
+        if isinstance(event, PurchaseEvent):
+            totals = self._purchase(event)
+        elif isinstance(event, RefundEvent):
+            totals = self._refund(event)
+        else:
+            totals = _engagement(event)
+        return EventDelta(
+            kind=event.type, day=occurred_ms // MS_PER_DAY, occurred_ms=occurred_ms, totals=totals
+        )
+
+    def _horizon(self, now: datetime) -> int:
+        """Latest acceptable ``occurred_at``, epoch ms; recomputed only when ``now`` changes
+        (the handler decodes a whole batch with one ``now``)."""
+        if now is not self._last_now:
+            if now.utcoffset() is None:
+                raise ValueError("now must be timezone-aware")
+            self._horizon_ms = (now - _EPOCH) // _ONE_MS + self._skew_ms
+            self._last_now = now
+        return self._horizon_ms
+
+    def _purchase(self, purchase: PurchaseEvent) -> Totals:
+        if len(purchase.items) > self._max_items:
+            raise _Rejected(
+                Reason.TOO_MANY_ITEMS,
+                f"items: {len(purchase.items)} items, more than max_items {self._max_items}",
+            )
+        rate = self._rate(purchase.currency)
+        spend = self._units(purchase.amount, rate, "amount")
+        margin = 0 if purchase.margin is None else self._units(purchase.margin, rate, "margin")
+        discounted = purchase.discount > 0
+        if discounted:
+            self._units(purchase.discount, rate, "discount")
+        premium = Decimal(0)
+        for index, item in enumerate(purchase.items):
+            self._units(item.unit_price, rate, "unit_price", index)
+            if item.tier == "premium":
+                premium = _MONEY_CONTEXT.add(
+                    premium, _MONEY_CONTEXT.multiply(item.unit_price, item.quantity)
+                )
+        return Totals(
+            orders=1,
+            spend=spend,
+            margin=margin,
+            discounted_spend=spend if discounted else 0,
+            premium_spend=min(spend, _to_units(premium, rate)) if premium else 0,
+        )
+
+    def _refund(self, refund: RefundEvent) -> Totals:
+        rate = self._rate(refund.currency)
+        refunded = self._units(refund.amount, rate, "amount")
+        margin = 0 if refund.margin is None else self._units(refund.margin, rate, "margin")
+        return Totals(refunds=1, refunded=refunded, margin=-margin)
+
+    def _rate(self, currency: str | None) -> Decimal | None:
+        """Rate to the base currency; ``None`` when the amounts already are in it."""
+        if currency is None or currency == self._base_currency:
+            return None
+        rate = self._rates.get(currency)
+        if rate is None:
+            raise _Rejected(
+                Reason.UNKNOWN_CURRENCY,
+                f"currency: {currency} is neither the base currency {self._base_currency} "
+                "nor in currency_rates",
+            )
+        return rate
+
+    def _units(self, value: Decimal, rate: Decimal | None, field: str, index: int = -1) -> int:
+        """A money field → base-currency units, after its size and exact-places checks.
+
+        ``index`` ≥ 0 names an item (``items[index].field``) without formatting on the
+        fast path.
+        """
+        base = value if rate is None else _MONEY_CONTEXT.multiply(value, rate)
+        # Size first: it also keeps int() below from building a huge integer out of "1E+9999".
+        if base > self._max_amount or base < self._min_amount:
+            converted = "" if rate is None else f" (= {base} {self._base_currency})"
+            raise _Rejected(
+                Reason.AMOUNT_TOO_LARGE,
+                f"{_field(field, index)}: {value}{converted} exceeds max_amount "
+                f"{self._max_amount} {self._base_currency}",
+            )
+        try:
+            scaled = value.scaleb(MONEY_DECIMAL_PLACES, context=_EXACT_CONTEXT)
+            units = int(scaled)
+            exact = units == scaled  # trailing zeros ("59.900000") are fine, other digits not
+        except Inexact:  # more than 100 significant digits
+            exact = False
+        if not exact:
+            raise _Rejected(
+                Reason.TOO_MANY_DECIMALS,
+                f"{_field(field, index)}: {value} has more than {MONEY_DECIMAL_PLACES} "
+                "decimal places",
+            )
+        if rate is None:
+            return units
+        base = base.quantize(_QUANTUM, context=_MONEY_CONTEXT)
+        return int(base.scaleb(MONEY_DECIMAL_PLACES, context=_MONEY_CONTEXT))
+
+
+def _to_units(value: Decimal, rate: Decimal | None) -> int:
+    """Money in the event's currency → base-currency units: exact when ``rate`` is None
+    (``value`` has at most 4 places), else converted and rounded half-even to 4 places."""
+    if rate is not None:
+        value = _MONEY_CONTEXT.multiply(value, rate).quantize(_QUANTUM, context=_MONEY_CONTEXT)
+    return int(value.scaleb(MONEY_DECIMAL_PLACES, context=_MONEY_CONTEXT))
+
+
+def _field(name: str, index: int) -> str:
+    return name if index < 0 else f"items[{index}].{name}"
+
+
+def _engagement(engagement: EngagementEvent) -> Totals:
+    return _SUPPORT_CONTACT if engagement.action == "support_contact" else _ENGAGED
+
+
+def dead_letter_headers(
+    dl: DeadLetter,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    failed_at: datetime | None = None,
+) -> list[tuple[str, bytes]]:
+    """Kafka headers of a dead-lettered record: why it failed and where it came from.
+
+    ``failed_at`` defaults to the current UTC time.
+    """
+    when = datetime.now(UTC) if failed_at is None else failed_at
+    return [
+        ("dlq.reason", dl.reason.encode()),
+        ("dlq.detail", dl.detail.encode("utf-8", "backslashreplace")),
+        ("dlq.source.topic", topic.encode()),
+        ("dlq.source.partition", str(partition).encode()),
+        ("dlq.source.offset", str(offset).encode()),
+        ("dlq.failed_at", when.isoformat(timespec="milliseconds").encode()),
+    ]
+
+
+# --- naming the reason of a record pydantic refused (the slow path) ---------------------------
+
+_EVENT_TYPES: Final = frozenset({"purchase", "refund", "engagement"})
+_ID_FIELDS: Final = frozenset({"event_id", "customer_id", "order_id"})
+_MONEY_FIELDS: Final = frozenset({"amount", "margin", "discount", "unit_price"})
+_WRONG_TYPE_ERRORS: Final = frozenset(
+    {"decimal_parsing", "int_from_float", "is_instance_of", "model_attributes_type"}
+)
+
+
+def _explain(value: bytes, invalid: ValidationError) -> DeadLetter:
+    """The reason pydantic refused ``value``: the first error, after the ones that make the
+    rest meaningless (not UTF-8, not JSON, not an object, no or another schema_version)."""
+    first = invalid.errors(include_url=False, include_context=False)[0]
+    if first["type"] == "json_invalid":
+        try:
+            value.decode()
+        except UnicodeDecodeError as bad:
+            return DeadLetter(Reason.INVALID_UTF8, f"record: byte {bad.start}: {bad.reason}")
+        return DeadLetter(Reason.INVALID_JSON, _clip(f"record: {first['msg']}"))
+    try:
+        # pydantic's parser reads the non-JSON literals NaN and Infinity; refuse them here
+        document = from_json(value, allow_inf_nan=False)
+    except ValueError as bad:
+        return DeadLetter(
+            Reason.INVALID_JSON, _clip(f"record: {bad} (NaN and Infinity are not JSON)")
+        )
+    if not isinstance(document, dict):
+        return DeadLetter(
+            Reason.WRONG_TYPE, f"record: expected a JSON object, got {_json_type(document)}"
+        )
+    if "schema_version" not in document:
+        return DeadLetter(Reason.MISSING_FIELD, "schema_version: Field required")
+    version = document["schema_version"]
+    if type(version) is int and version != 1:
+        return DeadLetter(
+            Reason.UNSUPPORTED_SCHEMA_VERSION,
+            f"schema_version: {version} is not supported (only 1)",
+        )
+    return _from_error(first)
+
+
+def _from_error(error: ErrorDetails) -> DeadLetter:
+    kind, given = error["type"], error["input"]
+    loc = error["loc"]
+    if loc and loc[0] in _EVENT_TYPES:
+        loc = loc[1:]  # the discriminated union prefixes the tag
+    if kind.startswith("union_tag_"):
+        loc = ("type",)
+    field = next((part for part in reversed(loc) if isinstance(part, str)), "")
+    reason = _reason(kind, field, given)
+    if reason is Reason.AMOUNT_TOO_LARGE:
+        return DeadLetter(reason, f"{_path(loc)}: number out of range")
+    detail = f"{_path(loc)}: {error['msg']}"
+    if isinstance(given, str | int | float) and kind != "missing":
+        detail += f" (got {given!r:.60})"
+    return DeadLetter(reason, _clip(detail))
+
+
+def _reason(kind: str, field: str, given: object) -> Reason:
+    if kind in ("missing", "union_tag_not_found"):
+        return Reason.MISSING_FIELD
+    if kind == "union_tag_invalid":
+        return Reason.UNKNOWN_EVENT_TYPE
+    if field == "schema_version":
+        is_number = type(given) is int
+        return Reason.UNSUPPORTED_SCHEMA_VERSION if is_number else Reason.WRONG_TYPE
+    if kind == "finite_number":
+        # A NaN/Infinity literal was refused above, so an infinite float is a number too
+        # large for a double (1e400); strings "NaN"/"Infinity" are non-finite amounts.
+        return Reason.AMOUNT_TOO_LARGE if isinstance(given, float) else Reason.NON_FINITE_AMOUNT
+    if kind in ("greater_than_equal", "greater_than") and field in _MONEY_FIELDS:
+        return Reason.NEGATIVE_AMOUNT if _is_negative(given) else Reason.INVALID_FIELD
+    if kind == "decimal_max_places":
+        return Reason.TOO_MANY_DECIMALS
+    if field in _ID_FIELDS and kind.startswith("string_") and kind != "string_type":
+        return Reason.INVALID_ID
+    if kind == "timezone_aware":
+        return Reason.TIMESTAMP_WITHOUT_OFFSET
+    if kind.endswith("_type") or kind in _WRONG_TYPE_ERRORS:
+        return Reason.WRONG_TYPE
+    if kind.startswith(("datetime_", "date_", "time_")):
+        return Reason.INVALID_TIMESTAMP
+    return Reason.INVALID_FIELD
+
+
+def _is_negative(given: object) -> bool:
+    if isinstance(given, int | float):
+        return given < 0
+    if isinstance(given, str):
+        try:
+            return Decimal(given) < 0
+        except ArithmeticError:
+            return False
+    return False
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    """``('items', 2, 'unit_price')`` → ``items[2].unit_price``."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else part
+    return text or "record"
+
+
+def _json_type(document: object) -> str:
+    if isinstance(document, list):
+        return "an array"
+    if isinstance(document, str):
+        return "a string"
+    if isinstance(document, bool):
+        return "a boolean"
+    if document is None:
+        return "null"
+    return "a number"
+
+
+def _clip(detail: str) -> str:
+    return detail if len(detail) <= _DETAIL_LIMIT else detail[: _DETAIL_LIMIT - 1] + "…"
