@@ -27,7 +27,7 @@ from schemas.changes import SegmentationOut, SegmentChange, Trigger
 from service.errors import WriteConflict
 from service.segmentation.classifier import classify
 from service.segmentation.rules import Rules
-from service.segmentation.types import Cause, Segmentation
+from service.segmentation.types import Cause, Segmentation, Treatment
 from service.store.packing import CustomerState, StoredSegmentation, epoch_ms, from_epoch_ms
 from service.store.profiles import ProfileStore, SegmentWrite
 
@@ -70,13 +70,19 @@ def _stored_from(seg: Segmentation) -> StoredSegmentation:
     )
 
 
+def treatment_of(rules: Rules, treatment_id: str) -> Treatment:
+    """A treatment by id; one the rules no longer define keeps just its id."""
+    spec = rules.treatments.get(treatment_id)
+    return Treatment(id=treatment_id) if spec is None else Treatment(id=treatment_id, **spec.model_dump())
+
+
 def previous_out(stored: StoredSegmentation, rules: Rules) -> SegmentationOut:
     """A stored segmentation as it appears in a change event (reasons are not kept)."""
     return SegmentationOut.from_domain(
         Segmentation(
             segment=stored.segment,
             axes=stored.axes,
-            treatment=rules.treatment(stored.treatment_id),
+            treatment=treatment_of(rules, stored.treatment_id),
             reasons=(),
             rules_version=stored.rules_version,
             as_of=from_epoch_ms(stored.as_of_ms),
