@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from bisect import bisect_left, bisect_right
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from decimal import Decimal
 from fractions import Fraction
 from importlib import resources
@@ -90,6 +90,11 @@ class RulesError(Exception):
     def __init__(self, errors: list[RuleIssue]) -> None:
         self.errors = errors
         super().__init__("; ".join(f"{e['path'] or '<document>'}: {e['message']}" for e in errors))
+
+    @property
+    def problems(self) -> list[RuleIssue]:
+        """Alias of :attr:`errors` (the name the CLI reads)."""
+        return self.errors
 
 
 # --- value types -----------------------------------------------------------------------------
@@ -313,6 +318,8 @@ class When(_Model):
 
 
 class SegmentRule(_Model):
+    """One row of the segment table: conditions on axes and the treatment they earn."""
+
     name: Name
     description: str = Field(default="", max_length=500)
     when: When = When()
@@ -354,6 +361,10 @@ class Rules(_Model):
             raise RulesError(issues)
         self._version = hashlib.sha256(self.canonical_json().encode()).hexdigest()[:12]
         self._compiled = CompiledRules(self)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Rules:
+        """A validated copy: pydantic's copy would skip the checks and keep a stale version."""
+        return Rules.model_validate({**self.model_dump(), **(update or {})})
 
     def __eq__(self, other: object) -> bool:
         # Equal documents; the compiled form (a private attribute) is derived, so not compared.

@@ -200,6 +200,15 @@ def test_json_and_canonical_document_round_trip() -> None:
     assert rules.document()["value"]["high_min_net_spend"] == "1000"
 
 
+def test_copies_are_validated_and_versioned_afresh() -> None:
+    rules = load_rules(None)
+    windows = rules.model_copy(update={"windows": (30, 90, 180, 365)})
+    assert windows.version != rules.version
+    assert windows.compiled is not rules.compiled
+    with pytest.raises(RulesError):
+        rules.model_copy(update={"windows": (30, 365)})
+
+
 def test_rules_are_immutable() -> None:
     rules = load_rules(None)
     with pytest.raises(ValueError, match="frozen"):
