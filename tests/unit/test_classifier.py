@@ -596,7 +596,7 @@ def _rule_sets() -> tuple[Rules, ...]:
     )
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     events=st.lists(_event, max_size=25),
     today=st.integers(min_value=19_000, max_value=21_000),
