@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from service.kafka import client_options
 from service.settings import KafkaSettings
@@ -15,14 +15,34 @@ from service.settings import KafkaSettings
 
 async def produce(
     kafka: KafkaSettings, topic: str, records: Sequence[tuple[bytes | None, bytes | None]]
-) -> None:
-    producer = AIOKafkaProducer(**client_options(kafka), acks="all", linger_ms=5)
+) -> dict[int, int]:
+    """Produces in order and returns, per partition, the offset after the last record."""
+    producer = AIOKafkaProducer(
+        **client_options(kafka), acks="all", linger_ms=5, max_batch_size=512 * 1024
+    )
     await producer.start()
     try:
         futures = [await producer.send(topic, value, key=key) for key, value in records]
-        await asyncio.gather(*futures)
+        metadata = await asyncio.gather(*futures)
     finally:
         await producer.stop()
+    ends: dict[int, int] = {}
+    for md in metadata:
+        ends[md.partition] = max(ends.get(md.partition, 0), md.offset + 1)
+    return ends
+
+
+async def committed(kafka: KafkaSettings, group_id: str, topic: str, partitions: Sequence[int]) -> dict[int, int]:
+    """The group's committed offsets (0 where none)."""
+    consumer = AIOKafkaConsumer(**client_options(kafka), group_id=group_id, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        out = {}
+        for p in partitions:
+            out[p] = await consumer.committed(TopicPartition(topic, p)) or 0
+        return out
+    finally:
+        await consumer.stop()
 
 
 async def read_topic(
