@@ -7,6 +7,7 @@ import os
 import socket
 import statistics
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -85,6 +86,16 @@ def proc_status_kb(pid: int, field: str) -> int | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time a process has used so far (/proc/<pid>/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class PeakRss:
     """Samples VmHWM (the kernel's own peak-RSS mark) of a process until stopped."""
 
@@ -135,11 +146,13 @@ def delete_topics(bootstrap: str, names: list[str], timeout: float = 30.0) -> No
 
     if not names:
         return
-    futs = AdminClient({"bootstrap.servers": bootstrap}).delete_topics(
-        names, operation_timeout=timeout, request_timeout=timeout)
-    for fut in futs.values():
-        with contextlib.suppress(Exception):
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # keep it alive until answered
+    futs = admin.delete_topics(names, operation_timeout=timeout, request_timeout=timeout)
+    for name, fut in futs.items():
+        try:
             fut.result()
+        except Exception as e:
+            print(f"warning: could not delete topic {name}: {e}", file=sys.stderr)
 
 
 class RecordCounter:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import os
 import shutil
 import signal
 import subprocess
@@ -66,6 +67,7 @@ def run_once(bootstrap: str, topic: str, n: int, *, timeout: float, keep: bool,
                     raise TimeoutError(
                         f"only {counter.count}/{n} outputs after {timeout}s; see {log_path}")
             peak_kb = rss.stop()
+            cpu_s = common.cpu_seconds(proc.pid) or 0.0
         counter.stop()
         assert counter.first_at is not None and counter.done_at is not None
         span = counter.done_at - counter.first_at
@@ -76,6 +78,7 @@ def run_once(bootstrap: str, topic: str, n: int, *, timeout: float, keep: bool,
             "events_per_s": n / span if span > 0 else float("inf"),
             "wall_s": counter.done_at - t_start,
             "peak_rss_mb": peak_kb / 1024,
+            "cpu_s": cpu_s,
             "log": str(log_path),
         }
     finally:
@@ -145,7 +148,9 @@ def main() -> int:
             results.append(r)
             print(f"run {i + 1}/{args.runs}: quix-streams: {n} events in {r['seconds']:.1f} s "
                   f"= {r['events_per_s']:,.0f} events/s, peak RSS {r['peak_rss_mb']:.0f} MB "
-                  f"(startup {r['startup_s']:.1f} s, wall {r['wall_s']:.1f} s)", flush=True)
+                  f"(startup {r['startup_s']:.1f} s, wall {r['wall_s']:.1f} s, app CPU "
+                  f"{r['cpu_s']:.0f} s = {r['cpu_s'] / r['wall_s']:.2f} cores, "
+                  f"load avg {os.getloadavg()[0]:.1f})", flush=True)
         if args.runs > 1:
             rate = common.median([r["events_per_s"] for r in results])
             secs = common.median([r["seconds"] for r in results])
