@@ -23,19 +23,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import (
-    MAX_EMAX,
-    MIN_EMIN,
-    ROUND_HALF_EVEN,
-    Context,
-    Decimal,
-    DivisionByZero,
-    Inexact,
-    InvalidOperation,
-    Overflow,
-)
+from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal, Inexact, InvalidOperation, Overflow
 from enum import StrEnum
-from typing import Final
+from typing import Final, NamedTuple
 
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails, from_json
@@ -104,27 +94,29 @@ class DeadLetter:
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS: Final = timedelta(milliseconds=1)
-_QUANTUM: Final = Decimal(1).scaleb(-MONEY_DECIMAL_PLACES)
-# Wide enough that no product of a bounded amount and a rate is ever rounded before the final
-# quantize, and no exponent a 64 KiB record can spell overflows or raises.
-_MONEY_CONTEXT: Final = Context(
-    prec=100,
-    rounding=ROUND_HALF_EVEN,
-    Emax=MAX_EMAX,
-    Emin=MIN_EMIN,
-    traps=[InvalidOperation, DivisionByZero, Overflow],
-)
-_EXACT_CONTEXT: Final = Context(
-    prec=100, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[Inexact, InvalidOperation, Overflow]
-)
-"""Scales money to units and raises :class:`Inexact` instead of rounding a digit away."""
 _MAX_EXACT_UNITS: Final = 2**53
 """Redis scripts hold numbers as doubles: integers stay exact below 2**53."""
+_UNITS_CONTEXT: Final = Context(
+    prec=40, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[Inexact, InvalidOperation, Overflow]
+)
+"""Scales money to units; raises :class:`Inexact` rather than drop a non-zero digit."""
+_WIDE: Final = Context(Emax=MAX_EMAX, Emin=MIN_EMIN)
+"""For messages only: never overflows, whatever exponent a record spells."""
 _DETAIL_LIMIT: Final = 300
 """Characters of ``detail`` kept (it travels in a Kafka header)."""
 
 _ENGAGED: Final = Totals(engagements=1)
 _SUPPORT_CONTACT: Final = Totals(engagements=1, support_contacts=1)
+
+
+class _Rate(NamedTuple):
+    """A currency's rate to the base currency, as an exact fraction for the arithmetic."""
+
+    numerator: int
+    denominator: int
+    """Positive."""
+    value: Decimal
+    """As configured, for messages."""
 
 
 class _Rejected(Exception):
@@ -147,8 +139,9 @@ class EventCodec:
         "_last_now",
         "_max_amount",
         "_max_items",
+        "_max_magnitude",
         "_max_record_bytes",
-        "_min_amount",
+        "_max_units",
         "_rates",
         "_skew_ms",
     )
@@ -159,14 +152,20 @@ class EventCodec:
                 f"max_amount {validation.max_amount} is too large: amounts must stay below "
                 f"2**53 money units ({_MAX_EXACT_UNITS // MONEY_SCALE})"
             )
-        rates: dict[str, Decimal] = {}
+        rates: dict[str, _Rate] = {}
         for code, rate in validation.currency_rates.items():
             if not rate.is_finite() or rate <= 0:
                 raise ValueError(f"currency_rates[{code}] must be a positive number, not {rate}")
-            rates[code.upper()] = rate
+            rates[code.upper()] = _Rate(*rate.as_integer_ratio(), rate)
+        smallest_rate = min([Decimal(1), *validation.currency_rates.values()])
         self._max_record_bytes = validation.max_record_bytes
         self._max_amount = validation.max_amount
-        self._min_amount = -validation.max_amount
+        self._max_units = int(validation.max_amount * MONEY_SCALE)
+        # Decimal exponent beyond which a value is too large in any currency: rejects
+        # "1E+999999999" before any arithmetic could build a huge integer from it.
+        self._max_magnitude = validation.max_amount.adjusted() - smallest_rate.adjusted() + 1
+        if self._max_magnitude + MONEY_DECIMAL_PLACES >= _UNITS_CONTEXT.prec:
+            raise ValueError(f"currency rate {smallest_rate} is too small to be exact")
         self._max_items = validation.max_items
         self._skew_ms = validation.max_future_skew_s * 1000
         self._base_currency = validation.base_currency.upper()
@@ -241,34 +240,42 @@ class EventCodec:
                 f"items: {len(purchase.items)} items, more than max_items {self._max_items}",
             )
         rate = self._rate(purchase.currency)
-        spend = self._units(purchase.amount, rate, "amount")
-        margin = 0 if purchase.margin is None else self._units(purchase.margin, rate, "margin")
+        spend = _to_base(self._money(purchase.amount, rate, "amount"), rate)
+        margin = (
+            0
+            if purchase.margin is None
+            else _to_base(self._money(purchase.margin, rate, "margin"), rate)
+        )
         discounted = purchase.discount > 0
         if discounted:
-            self._units(purchase.discount, rate, "discount")
-        premium = Decimal(0)
+            self._money(purchase.discount, rate, "discount")
+        premium = 0
         for index, item in enumerate(purchase.items):
-            self._units(item.unit_price, rate, "unit_price", index)
+            unit_price = self._money(item.unit_price, rate, "unit_price", index)
             if item.tier == "premium":
-                premium = _MONEY_CONTEXT.add(
-                    premium, _MONEY_CONTEXT.multiply(item.unit_price, item.quantity)
-                )
+                premium += item.quantity * unit_price
         return Totals(
             orders=1,
             spend=spend,
             margin=margin,
             discounted_spend=spend if discounted else 0,
-            premium_spend=min(spend, _to_units(premium, rate)) if premium else 0,
+            # summed in the event's currency, converted once
+            premium_spend=min(spend, _to_base(premium, rate)),
         )
 
     def _refund(self, refund: RefundEvent) -> Totals:
         rate = self._rate(refund.currency)
-        refunded = self._units(refund.amount, rate, "amount")
-        margin = 0 if refund.margin is None else self._units(refund.margin, rate, "margin")
+        refunded = _to_base(self._money(refund.amount, rate, "amount"), rate)
+        margin = (
+            0
+            if refund.margin is None
+            else _to_base(self._money(refund.margin, rate, "margin"), rate)
+        )
         return Totals(refunds=1, refunded=refunded, margin=-margin)
 
-    def _rate(self, currency: str | None) -> Decimal | None:
-        """Rate to the base currency; ``None`` when the amounts already are in it."""
+    def _rate(self, currency: str | None) -> _Rate | None:
+        """Rate to the base currency as an exact fraction; ``None`` when the amounts already
+        are in it."""
         if currency is None or currency == self._base_currency:
             return None
         rate = self._rates.get(currency)
@@ -280,45 +287,62 @@ class EventCodec:
             )
         return rate
 
-    def _units(self, value: Decimal, rate: Decimal | None, field: str, index: int = -1) -> int:
-        """A money field → base-currency units, after its size and exact-places checks.
+    def _money(self, value: Decimal, rate: _Rate | None, field: str, index: int = -1) -> int:
+        """Checks one money field (exact places, size in the base currency) and returns it in
+        money units of the event's currency.
 
         ``index`` ≥ 0 names an item (``items[index].field``) without formatting on the
-        fast path.
+        fast path. Nothing is rounded here, and a hostile number ("1E+999999999", 60,000
+        digits) costs microseconds, not a huge integer.
         """
-        base = value if rate is None else _MONEY_CONTEXT.multiply(value, rate)
-        # Size first: it also keeps int() below from building a huge integer out of "1E+9999".
-        if base > self._max_amount or base < self._min_amount:
-            converted = "" if rate is None else f" (= {base} {self._base_currency})"
-            raise _Rejected(
-                Reason.AMOUNT_TOO_LARGE,
-                f"{_field(field, index)}: {value}{converted} exceeds max_amount "
-                f"{self._max_amount} {self._base_currency}",
-            )
+        if not value:
+            return 0  # whatever its exponent ("0E+999999999")
+        if value.adjusted() > self._max_magnitude:  # the exponent of the leading digit
+            raise self._too_large(value, rate, field, index)
         try:
-            scaled = value.scaleb(MONEY_DECIMAL_PLACES, context=_EXACT_CONTEXT)
-            units = int(scaled)
-            exact = units == scaled  # trailing zeros ("59.900000") are fine, other digits not
-        except Inexact:  # more than 100 significant digits
-            exact = False
-        if not exact:
-            raise _Rejected(
-                Reason.TOO_MANY_DECIMALS,
-                f"{_field(field, index)}: {value} has more than {MONEY_DECIMAL_PLACES} "
-                "decimal places",
-            )
+            scaled = value.scaleb(MONEY_DECIMAL_PLACES, context=_UNITS_CONTEXT)
+        except Inexact:  # more significant digits than any amount within bounds has
+            raise _too_many_decimals(value, field, index) from None
+        units = int(scaled)
+        if units != scaled:  # trailing zeros ("59.900000") are fine, other digits are not
+            raise _too_many_decimals(value, field, index)
         if rate is None:
-            return units
-        base = base.quantize(_QUANTUM, context=_MONEY_CONTEXT)
-        return int(base.scaleb(MONEY_DECIMAL_PLACES, context=_MONEY_CONTEXT))
+            base, limit = units, self._max_units
+        else:  # exact: compares units * rate with the limit, both times the denominator
+            base, limit = units * rate.numerator, self._max_units * rate.denominator
+        if base > limit or base < -limit:
+            raise self._too_large(value, rate, field, index)
+        return units
+
+    def _too_large(self, value: Decimal, rate: _Rate | None, field: str, index: int) -> _Rejected:
+        converted = (
+            ""
+            if rate is None
+            else f" (= {_WIDE.multiply(value, rate.value)} {self._base_currency})"
+        )
+        return _Rejected(
+            Reason.AMOUNT_TOO_LARGE,
+            f"{_field(field, index)}: {value}{converted} exceeds max_amount "
+            f"{self._max_amount} {self._base_currency}",
+        )
 
 
-def _to_units(value: Decimal, rate: Decimal | None) -> int:
-    """Money in the event's currency → base-currency units: exact when ``rate`` is None
-    (``value`` has at most 4 places), else converted and rounded half-even to 4 places."""
-    if rate is not None:
-        value = _MONEY_CONTEXT.multiply(value, rate).quantize(_QUANTUM, context=_MONEY_CONTEXT)
-    return int(value.scaleb(MONEY_DECIMAL_PLACES, context=_MONEY_CONTEXT))
+def _to_base(units: int, rate: _Rate | None) -> int:
+    """Money units of the event's currency → base-currency units, rounded half to even."""
+    if rate is None:
+        return units
+    quotient, remainder = divmod(units * rate.numerator, rate.denominator)  # floor division
+    twice = 2 * remainder
+    if twice > rate.denominator or (twice == rate.denominator and quotient & 1):
+        quotient += 1
+    return quotient
+
+
+def _too_many_decimals(value: Decimal, field: str, index: int) -> _Rejected:
+    return _Rejected(
+        Reason.TOO_MANY_DECIMALS,
+        f"{_field(field, index)}: {value} has more than {MONEY_DECIMAL_PLACES} decimal places",
+    )
 
 
 def _field(name: str, index: int) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -642,11 +643,40 @@ def test_max_amount_applies_in_base_currency() -> None:
         {"currency_rates": {"USD": Decimal("0")}},
         {"currency_rates": {"USD": Decimal("-1")}},
         {"max_amount": Decimal("1e12")},
+        {"currency_rates": {"XTS": Decimal("1e-30")}},
     ],
 )
 def test_bad_settings_fail_fast(overrides: dict[str, Any]) -> None:
-    with pytest.raises(ValueError, match=r"currency_rates|max_amount"):
+    with pytest.raises(ValueError, match=r"currency_rates|max_amount|too small"):
         make_codec(**overrides)
+
+
+@pytest.mark.parametrize(
+    ("amount", "reason"),
+    [
+        ("1." + "0" * 60_000 + "1", Reason.TOO_MANY_DECIMALS),
+        ("9" * 60_000, Reason.AMOUNT_TOO_LARGE),
+        ("0." + "0" * 60_000 + "1", Reason.TOO_MANY_DECIMALS),
+        ("1E+999999999", Reason.AMOUNT_TOO_LARGE),
+    ],
+)
+@pytest.mark.parametrize("currency", ["EUR", "USD"])
+def test_hostile_numbers_are_refused_cheaply(amount: str, reason: Reason, currency: str) -> None:
+    record = encode(purchase(amount=amount, currency=currency, items=[]))
+    started = time.perf_counter()
+    assert dead(record).reason == reason
+    assert time.perf_counter() - started < 0.1  # exact rational arithmetic took ~250 ms
+
+
+@pytest.mark.parametrize("zero", ["0E+999999999", "0E-999999999", "-0.0", "0.000000"])
+def test_zero_is_zero_whatever_its_exponent(zero: str) -> None:
+    result = decoded(encode(purchase(amount=zero, margin=zero, currency="USD", items=[])))
+    assert result.delta.totals == Totals(orders=1, discounted_spend=0)
+
+
+def test_long_but_exact_amount() -> None:
+    result = decoded(encode(purchase(amount="1" + "0" * 6 + "." + "0" * 60_000, items=[])))
+    assert result.delta.totals.spend == 1_000_000 * MONEY_SCALE
 
 
 # --- headers --------------------------------------------------------------------------------
