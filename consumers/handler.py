@@ -24,8 +24,7 @@ from datetime import datetime
 from typing import Protocol
 
 from consumers.codec import DeadLetter, DecodedEvent, EventCodec, dead_letter_headers
-from consumers.segmenter import Segmenter, min_day_for
-from schemas.changes import Trigger
+from consumers.segmenter import Segmenter, Trigger, min_day_for
 from service.segmentation.rules import Rules
 from service.store.profiles import APPLIED, SKIPPED_DUPLICATE, ApplyRequest, ProfileStore
 from service.retry import with_backoff
@@ -89,7 +88,7 @@ class BatchHandler:
         stats = BatchStats(records=len(records))
         now = self._clock()
         requests: list[ApplyRequest] = []
-        triggers: dict[str, Trigger] = {}
+        sources: dict[str, tuple[str, Record]] = {}
         dead: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
 
         # 1. decode; dead letters keep their original bytes and say where they came from
@@ -101,9 +100,7 @@ class BatchHandler:
                 stats.dead_letter_reasons[decoded.reason] = stats.dead_letter_reasons.get(decoded.reason, 0) + 1
                 continue
             requests.append(_request(decoded, rec))
-            triggers[decoded.event.customer_id] = Trigger(
-                event_id=decoded.event.event_id, topic=rec.topic, partition=rec.partition, offset=rec.offset
-            )
+            sources[decoded.event.customer_id] = (decoded.event.event_id, rec)
         stats.dead_lettered = len(dead)
         dead_sent = (
             asyncio.ensure_future(self._dead_letters.send_dead_letters(self._settings.kafka.dlq_topic, dead))
@@ -120,9 +117,17 @@ class BatchHandler:
                 stats.applied = sum(1 for o in outcomes if o == APPLIED)
                 stats.duplicates = sum(1 for o in outcomes if o == SKIPPED_DUPLICATE)
 
-                # 3–5. classify, produce changes (acked), write segments
+                # 3–5. classify, produce changes (acked), write segments; a change names the
+                # customer's last event of the batch as its trigger, built only when needed
+                def trigger_for(customer_id: str) -> Trigger | None:
+                    source = sources.get(customer_id)
+                    if source is None:
+                        return None
+                    event_id, rec = source
+                    return Trigger(event_id=event_id, topic=rec.topic, partition=rec.partition, offset=rec.offset)
+
                 result = await self._retry(
-                    lambda: self._segmenter.settle(states, now=now, cause="event", triggers=triggers),
+                    lambda: self._segmenter.settle(states, now=now, cause="event", trigger_for=trigger_for),
                     "settle",
                 )
                 stats.changes = len(result.changes)

@@ -18,12 +18,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol
 
 import orjson
 
-from schemas.changes import SegmentationOut, SegmentChange, Trigger
 from service.errors import WriteConflict
 from service.segmentation.classifier import classify
 from service.segmentation.rules import Rules
@@ -43,9 +42,84 @@ class RecordSink(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Trigger:
+    """What caused a re-classification; becomes the change event's ``trigger`` object.
+
+    A plain value on the hot path (one per event); :class:`schemas.changes.Trigger` is its
+    published shape, and a test holds the two together.
+    """
+
+    event_id: str | None = None
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    review_at: datetime | None = None
+    rules_version: str | None = None
+
+    def identity(self) -> str:
+        """Names the trigger stably: an input of the deterministic ``change_id``."""
+        if self.event_id is not None:
+            return f"event:{self.topic}:{self.partition}:{self.offset}:{self.event_id}"
+        parts: list[str] = []
+        if self.review_at is not None:
+            parts.append(f"time:{self.review_at.astimezone(UTC).isoformat()}")
+        if self.rules_version is not None:
+            parts.append(f"rules:{self.rules_version}")
+        return "|".join(parts)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "event_id": self.event_id,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "review_at": None if self.review_at is None else _iso(self.review_at),
+            "rules_version": self.rules_version,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class SettleResult:
     written: int
-    changes: list[SegmentChange]
+    changes: list[dict[str, object]]
+    """The change events produced, as published (JSON objects)."""
+
+
+def _iso(instant: datetime) -> str:
+    return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def segmentation_json(seg: Segmentation) -> dict[str, object]:
+    """A segmentation as published (the shape of :class:`schemas.changes.SegmentationOut`)."""
+    a, t = seg.axes, seg.treatment
+    return {
+        "segment": seg.segment,
+        "axes": {
+            "lifecycle": a.lifecycle,
+            "value_tier": a.value_tier,
+            "loyalty": a.loyalty,
+            "needs": a.needs,
+            "rfm": {"r": a.rfm.r, "f": a.rfm.f, "m": a.rfm.m},
+            "rfm_segment": a.rfm_segment,
+            "key_account": a.key_account,
+            "frequency": a.frequency,
+            "aov": a.aov,
+            "profit": a.profit,
+        },
+        "treatment": {
+            "id": t.id,
+            "discount_pct": t.discount_pct,
+            "free_shipping": t.free_shipping,
+            "support_queue": t.support_queue,
+            "campaign": t.campaign,
+            "channel": t.channel,
+            "offer": t.offer,
+        },
+        "reasons": list(seg.reasons),
+        "rules_version": seg.rules_version,
+        "as_of": _iso(seg.as_of),
+        "next_review_at": None if seg.next_review_at is None else _iso(seg.next_review_at),
+    }
 
 
 def min_day_for(now: datetime, rules: Rules) -> int:
@@ -76,18 +150,16 @@ def treatment_of(rules: Rules, treatment_id: str) -> Treatment:
     return Treatment(id=treatment_id) if spec is None else Treatment(id=treatment_id, **spec.model_dump())
 
 
-def previous_out(stored: StoredSegmentation, rules: Rules) -> SegmentationOut:
-    """A stored segmentation as it appears in a change event (reasons are not kept)."""
-    return SegmentationOut.from_domain(
-        Segmentation(
+def stored_to_domain(stored: StoredSegmentation, rules: Rules) -> Segmentation:
+    """A stored segmentation with its treatment resolved (reasons are not stored)."""
+    return Segmentation(
             segment=stored.segment,
             axes=stored.axes,
             treatment=treatment_of(rules, stored.treatment_id),
             reasons=(),
             rules_version=stored.rules_version,
             as_of=from_epoch_ms(stored.as_of_ms),
-            next_review_at=None if stored.next_review_ms is None else from_epoch_ms(stored.next_review_ms),
-        )
+        next_review_at=None if stored.next_review_ms is None else from_epoch_ms(stored.next_review_ms),
     )
 
 
@@ -113,13 +185,13 @@ class Segmenter:
         *,
         now: datetime,
         cause: Cause,
-        triggers: Mapping[str, Trigger],
+        trigger_for: Callable[[str], Trigger | None],
     ) -> SettleResult:
         """Runs steps 3–5 for ``states`` (see the module docstring)."""
         rules = self._rules()
         pending = dict(states)
         written = 0
-        emitted: list[SegmentChange] = []
+        emitted: list[dict[str, object]] = []
         for _ in range(MAX_WRITE_ROUNDS):
             writes: list[SegmentWrite] = []
             records: list[tuple[bytes, bytes]] = []
@@ -133,9 +205,9 @@ class Segmenter:
                     if old.rules_version == new.rules_version and old.next_review_ms == new.next_review_ms:
                         continue  # nothing to write
                 else:
-                    change = self._change(cid, old, seg, rules, cause=cause, now=now, trigger=triggers.get(cid))
+                    change = self._change(cid, old, seg, rules, cause=cause, now=now, trigger=trigger_for(cid))
                     emitted.append(change)
-                    records.append((cid.encode(), orjson.dumps(change.model_dump(mode="json"))))
+                    records.append((cid.encode(), orjson.dumps(change)))
                 writes.append(
                     SegmentWrite(
                         customer_id=cid,
@@ -169,17 +241,18 @@ class Segmenter:
         cause: Cause,
         now: datetime,
         trigger: Trigger | None,
-    ) -> SegmentChange:
+    ) -> dict[str, object]:
         before = "" if old is None else repr(old.fingerprint())
         after = repr(_stored_from(seg).fingerprint())
         trigger_key = "" if trigger is None else trigger.identity()
-        return SegmentChange(
-            change_id=change_id(customer_id, cause, trigger_key, before, after),
-            customer_id=customer_id,
-            cause=cause,
-            as_of=now,
-            rules_version=seg.rules_version,
-            previous=None if old is None else previous_out(old, rules),
-            current=SegmentationOut.from_domain(seg),
-            trigger=trigger,
-        )
+        return {
+            "schema_version": 1,
+            "change_id": change_id(customer_id, cause, trigger_key, before, after),
+            "customer_id": customer_id,
+            "cause": cause,
+            "as_of": _iso(now),
+            "rules_version": seg.rules_version,
+            "previous": None if old is None else segmentation_json(stored_to_domain(old, rules)),
+            "current": segmentation_json(seg),
+            "trigger": None if trigger is None else trigger.as_json(),
+        }

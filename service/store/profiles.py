@@ -89,8 +89,7 @@ class RedisProfileStore:
         One pipelined round trip. Safe to repeat after any failure: the apply is idempotent.
         """
         touched: dict[str, str] = {}
-        min_day_arg = str(min_day)
-        ring = self._ring_size
+        tail = f"{min_day} {self._ring_size}"
         sha = self._apply.sha
 
         def build(pipe: Any) -> None:
@@ -99,10 +98,8 @@ class RedisProfileStore:
                 if key is None:
                     key = touched[r.customer_id] = self._keys.customer(r.customer_id)
                 d = r.delta
-                pipe.evalsha(
-                    sha, 1, key, r.partition, r.offset, r.event_hash, _KIND_CODE[d.kind],
-                    d.day, d.occurred_ms, encode_totals(d.totals), min_day_arg, ring,
-                )
+                head = f"{r.partition} {r.offset} {_KIND_CODE[d.kind]} {d.day} {d.occurred_ms} {tail}"
+                pipe.evalsha(sha, 1, key, head, encode_totals(d.totals), r.event_hash)
             for key in touched.values():
                 pipe.hgetall(key)
 
@@ -146,7 +143,7 @@ class RedisProfileStore:
                     k.segment_members(shard, new_segment),
                     k.counts(shard),
                     k.due(shard),
-                    w.expected_revision, w.expected_packed, pack_segmentation(w.new),
+                    w.expected_revision, w.expected_packed, "\n".join(pack_segmentation(w.new)),
                     old_segment, new_segment,
                     "" if w.new.next_review_ms is None else str(w.new.next_review_ms),
                     w.customer_id,

@@ -1,16 +1,15 @@
 -- Apply one event to a customer hash, exactly once. Twin of segmentation/profile.py:apply_event.
 -- KEYS[1]  customer hash
--- ARGV[1]  source partition      ARGV[2] source offset
+-- ARGV[1]  "<partition> <offset> <kind> <day> <occurred_ms> <oldest day kept> <ring size>"
+--          kind: p(urchase) r(efund) e(ngagement); day: UTC epoch day of occurred_at
+--          (few arguments: packing each one costs the client more than parsing costs here)
+-- ARGV[2]  totals as CSV of integers (trailing zeros may be omitted)
 -- ARGV[3]  event id hash (8 bytes)
--- ARGV[4]  kind: p(urchase) r(efund) e(ngagement)
--- ARGV[5]  UTC epoch day         ARGV[6] occurred_at, epoch ms
--- ARGV[7]  totals as CSV of integers (trailing zeros may be omitted)
--- ARGV[8]  oldest day kept (buckets before it are dropped)
--- ARGV[9]  ring size (event ids remembered)
 -- Returns 1 applied, 0 skipped (offset at or below the watermark), 2 skipped (event id seen).
 local key = KEYS[1]
-local partition = ARGV[1]
-local offset = tonumber(ARGV[2])
+local partition, offset_s, kind, day_s, ts_s, min_day_s, ring_s =
+  string.match(ARGV[1], '^(%d+) (%d+) (%a) (%-?%d+) (%-?%d+) (%-?%d+) (%d+)$')
+local offset = tonumber(offset_s)
 
 -- 1. Fence: a customer's events come from one partition in offset order, so anything at or
 --    below the last applied offset of that partition was applied already (replay, zombie).
@@ -21,7 +20,7 @@ if w then
     return 0
   end
 end
-local mark = partition .. ':' .. ARGV[2]
+local mark = partition .. ':' .. offset_s
 
 -- 2. Producer duplicates arrive at new offsets: a ring of recent event id hashes catches them.
 local h = ARGV[3]
@@ -33,17 +32,17 @@ for i = 1, #ring, 8 do
   end
 end
 ring = h .. ring
-local cap = tonumber(ARGV[9]) * 8
+local cap = tonumber(ring_s) * 8
 if #ring > cap then ring = string.sub(ring, 1, cap) end
 
 local delta = {}
-for n in string.gmatch(ARGV[7], '[^,]+') do delta[#delta + 1] = tonumber(n) end
+for n in string.gmatch(ARGV[2], '[^,]+') do delta[#delta + 1] = tonumber(n) end
 
 -- Adds the delta to a CSV field; returns true when the field did not exist.
 local function add(field)
   local cur = redis.call('HGET', key, field)
   if not cur then
-    redis.call('HSET', key, field, ARGV[7])
+    redis.call('HSET', key, field, ARGV[2])
     return true
   end
   local sum = {}
@@ -61,10 +60,10 @@ local function add(field)
 end
 
 add('L')
-local day = tonumber(ARGV[5])
-local min_day = tonumber(ARGV[8])
+local day = tonumber(day_s)
+local min_day = tonumber(min_day_s)
 if day >= min_day then
-  if add('d:' .. ARGV[5]) then
+  if add('d:' .. day_s) then
     -- A new bucket: drop the ones that left the longest window.
     local fields = redis.call('HKEYS', key)
     for _, f in ipairs(fields) do
@@ -75,16 +74,15 @@ if day >= min_day then
   end
 end
 
-local ts = tonumber(ARGV[6])
-local kind = ARGV[4]
+local ts = tonumber(ts_s)
 if kind == 'p' then
   local first = tonumber(redis.call('HGET', key, 'f') or '')
-  if not first or ts < first then redis.call('HSET', key, 'f', ARGV[6]) end
+  if not first or ts < first then redis.call('HSET', key, 'f', ts_s) end
   local last = tonumber(redis.call('HGET', key, 'l') or '')
-  if not last or ts > last then redis.call('HSET', key, 'l', ARGV[6]) end
+  if not last or ts > last then redis.call('HSET', key, 'l', ts_s) end
 elseif kind == 'e' then
   local engaged = tonumber(redis.call('HGET', key, 'e') or '')
-  if not engaged or ts > engaged then redis.call('HSET', key, 'e', ARGV[6]) end
+  if not engaged or ts > engaged then redis.call('HSET', key, 'e', ts_s) end
 end
 
 redis.call('HSET', key, 'w', mark, 'r', ring)

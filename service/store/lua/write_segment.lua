@@ -3,13 +3,14 @@
 -- KEYS[1] customer hash   KEYS[2] old segment's member set   KEYS[3] new segment's member set
 -- KEYS[4] shard counts    KEYS[5] shard due index
 -- ARGV[1] expected revision   ARGV[2] expected packed segmentation ('' = none)
--- ARGV[3] new packed segmentation
+-- ARGV[3] new packed segmentation ("<g>\n<m>": the g and m fields)
 -- ARGV[4] old segment name ('' = none)   ARGV[5] new segment name
 -- ARGV[6] next review, epoch ms ('' = never)   ARGV[7] customer id
 -- Returns 1 written, 0 conflict (re-read and retry).
 if (redis.call('HGET', KEYS[1], 'v') or '') ~= ARGV[1] then return 0 end
 if (redis.call('HGET', KEYS[1], 'g') or '') ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], 'g', ARGV[3])
+local nl = string.find(ARGV[3], '\n', 1, true)
+redis.call('HSET', KEYS[1], 'g', string.sub(ARGV[3], 1, nl - 1), 'm', string.sub(ARGV[3], nl + 1))
 if ARGV[4] ~= ARGV[5] then
   if ARGV[4] ~= '' then
     redis.call('SREM', KEYS[2], ARGV[7])

@@ -1,0 +1,183 @@
+"""Pipeline benchmark: our consumer vs the Quix Streams peer, same events, same broker.
+
+    python bench/pipeline.py [--events 1000000] [--customers 200000] [--runs 3] [--skip-peer]
+
+Uses the services in $SEGMENTS_KAFKA_BOOTSTRAP / $SEGMENTS_REDIS_URL (``make bench-pipeline``
+starts Apache Kafka and Redis). Figures printed:
+
+- throughput of one ``segments consume`` process over a pre-loaded topic with 8 partitions,
+  measured from its first committed offset to the last (startup excluded), median of runs;
+  "done" is decided from the group's committed offsets against the offsets the producer got
+  back, never from the broker's end offsets;
+- Redis memory per customer: median ``MEMORY USAGE`` of sampled customer hashes, and
+  ``used_memory`` growth divided by customers (keys + indexes, everything);
+- end-to-end latency (record timestamp → segment written, reported by the consumer) at a steady
+  5,000 events/s;
+- the Quix Streams peer (bench/peers/run_quix.py) on the same topic, and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import common  # noqa: E402
+import generate  # noqa: E402
+import redis  # noqa: E402
+from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
+
+from service.store.keys import Keys  # noqa: E402
+
+
+def committed_total(bootstrap: str, group: str, topic: str, partitions: list[int]) -> int:
+    async def go() -> int:
+        c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+        await c.start()
+        try:
+            return sum([(await c.committed(TopicPartition(topic, p))) or 0 for p in partitions])
+        finally:
+            await c.stop()
+
+    return asyncio.run(go())
+
+
+def consumer_env(bootstrap: str, redis_url: str, topic: str, run: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGMENTS_")}
+    env.update(
+        SEGMENTS_KAFKA__BOOTSTRAP=bootstrap,
+        SEGMENTS_KAFKA__EVENTS_TOPIC=topic,
+        SEGMENTS_KAFKA__CHANGES_TOPIC=f"bench.{run}.changes",
+        SEGMENTS_KAFKA__DLQ_TOPIC=f"bench.{run}.dlq",
+        SEGMENTS_KAFKA__GROUP_ID=f"bench-{run}",
+        SEGMENTS_REDIS__URL=redis_url,
+        SEGMENTS_REDIS__KEY_PREFIX=f"b{run}:",
+        SEGMENTS_LOG_LEVEL="INFO",
+        **extra,
+    )
+    return env
+
+
+def run_ours(bootstrap: str, redis_url: str, topic: str, total: int, log_dir: Path) -> dict[str, Any]:
+    run = uuid.uuid4().hex[:8]
+    env = consumer_env(bootstrap, redis_url, topic, run)
+    partitions = common.partitions_of(bootstrap, topic)
+    log_path = log_dir / f"consumer-{run}.log"
+    r = redis.Redis.from_url(redis_url)
+    mem_before = int(r.info("memory")["used_memory"])
+    with open(log_path, "wb") as log:
+        t0 = time.monotonic()
+        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "consume"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        rss = common.PeakRss(proc.pid)
+        first_at = None
+        first_n = 0
+        try:
+            while True:
+                n = committed_total(bootstrap, f"bench-{run}", topic, partitions)
+                now = time.monotonic()
+                if first_at is None and n > 0:
+                    first_at, first_n = now, n
+                if n >= total:
+                    break
+                if proc.poll() is not None:
+                    raise RuntimeError(f"consumer exited: see {log_path}")
+                if now - t0 > 1800:
+                    raise TimeoutError("consumer did not finish in 30 minutes")
+                rss.sample()
+                time.sleep(0.25)
+            end = time.monotonic()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+    assert first_at is not None
+    elapsed = end - first_at
+    rate = (total - first_n) / elapsed if elapsed > 0 else float("inf")
+    keys = Keys(f"b{run}:")
+    sample = []
+    pattern = f"{keys.prefix}*:c:*"
+    for key in r.scan_iter(match=pattern, count=5000):
+        sample.append(key)
+        if len(sample) >= 3000:
+            break
+    usage = [r.memory_usage(k, samples=0) for k in sample]
+    customers = int(r.eval(
+        "local n=0 for _,k in ipairs(redis.call('KEYS', ARGV[1])) do n=n+1 end return n", 0, pattern
+    ))
+    mem_after = int(r.info("memory")["used_memory"])
+    return {
+        "run": run,
+        "events_per_s": rate,
+        "startup_s": first_at - t0,
+        "peak_rss_mb": rss.stop() / 1024,
+        "customers": customers,
+        "memory_usage_median_b": statistics.median(usage) if usage else None,
+        "used_memory_per_customer_b": (mem_after - mem_before) / customers if customers else None,
+        "log": str(log_path),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--customers", type=int, default=200_000)
+    ap.add_argument("--partitions", type=int, default=8)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument("--peer-runs", type=int, default=None)
+    args = ap.parse_args()
+    bootstrap = os.environ["SEGMENTS_KAFKA_BOOTSTRAP"]
+    redis_url = os.environ["SEGMENTS_REDIS_URL"]
+    log_dir = ROOT / "bench" / "results"
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    topic = f"bench.{uuid.uuid4().hex[:6]}.events"
+    generate.create_topic(bootstrap, topic, args.partitions)
+    now = datetime.now(UTC)
+    produced = generate.produce(bootstrap, topic, generate.iter_events(args.events, args.customers, seed=1, now=now))
+    print(f"produced {produced['events']:,} events to {topic} ({args.partitions} partitions) "
+          f"at {produced['events_per_s']:,.0f}/s", flush=True)
+
+    results = []
+    for i in range(args.runs):
+        res = run_ours(bootstrap, redis_url, topic, args.events, log_dir)
+        results.append(res)
+        print(f"ours run {i + 1}: {res['events_per_s']:,.0f} events/s, startup {res['startup_s']:.1f}s, "
+              f"peak RSS {res['peak_rss_mb']:.0f} MB, {res['customers']:,} customers, "
+              f"MEMORY USAGE median {res['memory_usage_median_b']} B, "
+              f"used_memory/customer {res['used_memory_per_customer_b']:.0f} B", flush=True)
+        redis.Redis.from_url(redis_url).flushall()
+    ours = statistics.median(r["events_per_s"] for r in results)
+    print(f"ours: median {ours:,.0f} events/s over {args.runs} runs", flush=True)
+
+    if not args.skip_peer:
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "bench/peers/run_quix.py"), "--bootstrap", bootstrap, "--topic", topic,
+             "--events", str(args.events), "--runs", str(args.peer_runs or args.runs)],
+            capture_output=True, text=True, check=True,
+        )
+        print(out.stdout, end="")
+        rates = [float(x.replace(",", "")) for x in re.findall(r"=\s*([\d,\.]+) events/s", out.stdout)]
+        if rates:
+            peer = statistics.median(rates)
+            print(f"ratio ours/quix-streams: {ours / peer:.2f}x (median {ours:,.0f} vs {peer:,.0f} events/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    random.seed(0)
+    sys.exit(main())
