@@ -29,6 +29,7 @@ from service.settings import Settings
 from service.store.keys import Keys
 from service.store.profiles import RedisProfileStore
 from service.store.redis_client import create_redis
+from service.store.resp import RespPipeline
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,8 @@ class ConsumerApp:
         s = self.settings
         await ensure_topics(s.kafka)
         redis = create_redis(s.redis)
-        store = RedisProfileStore(redis, Keys(s.redis.key_prefix), ring_size=s.state.event_id_ring)
+        fast = None if s.redis.cluster else RespPipeline(s.redis.url, timeout_s=s.redis.socket_timeout_s)
+        store = RedisProfileStore(redis, Keys(s.redis.key_prefix), ring_size=s.state.event_id_ring, fast=fast)
         producer = create_producer(s.kafka)
         consumer = AIOKafkaConsumer(
             **client_options(s.kafka),
@@ -134,6 +136,7 @@ class ConsumerApp:
         finally:
             await consumer.stop()  # leaves the group
             await producer.stop()
+            await store.aclose()
             await redis.aclose()
             log.info("consumer stopped", extra={"records": self.totals.records})
 

@@ -15,6 +15,7 @@ from service.segmentation.profile import EventDelta
 from service.store.keys import Keys, shard_of
 from service.store.packing import CustomerState, StoredSegmentation, decode_customer, encode_totals, pack_segmentation
 from service.store.redis_client import AnyRedis
+from service.store.resp import Command, RespPipeline, raise_for_errors
 
 _KIND_CODE = {"purchase": "p", "refund": "r", "engagement": "e"}
 
@@ -70,8 +71,10 @@ class _Script:
 class RedisProfileStore:
     """Customers as hashes, applied and segmented by Lua scripts (see packing.py for fields)."""
 
-    def __init__(self, redis: AnyRedis, keys: Keys, *, ring_size: int) -> None:
+    def __init__(self, redis: AnyRedis, keys: Keys, *, ring_size: int, fast: RespPipeline | None = None) -> None:
         self._redis = redis
+        self._fast = fast
+        """Hot-path client for a single Redis node (None: use redis-py, e.g. on a cluster)."""
         self._keys = keys
         self._ring_size = str(ring_size)
         self._apply = _Script("apply")
@@ -92,36 +95,32 @@ class RedisProfileStore:
         tail = f"{min_day} {self._ring_size}"
         sha = self._apply.sha
 
-        def build(pipe: Any) -> None:
-            for r in requests:
-                key = touched.get(r.customer_id)
-                if key is None:
-                    key = touched[r.customer_id] = self._keys.customer(r.customer_id)
-                d = r.delta
-                head = f"{r.partition} {r.offset} {_KIND_CODE[d.kind]} {d.day} {d.occurred_ms} {tail}"
-                pipe.evalsha(sha, 1, key, head, encode_totals(d.totals), r.event_hash)
-            for key in touched.values():
-                pipe.hgetall(key)
+        commands: list[Command] = []
+        add = commands.append
+        for r in requests:
+            key = touched.get(r.customer_id)
+            if key is None:
+                key = touched[r.customer_id] = self._keys.customer(r.customer_id)
+            d = r.delta
+            head = f"{r.partition} {r.offset} {_KIND_CODE[d.kind]} {d.day} {d.occurred_ms} {tail}"
+            add(("EVALSHA", sha, 1, key, head, encode_totals(d.totals), r.event_hash))
+        for key in touched.values():
+            add(("HGETALL", key))
 
-        results = await self._run(build, self._apply)
+        results = await self._run(commands, self._apply)
         n = len(requests)
         outcomes = [int(x) for x in results[:n]]
         states = {
-            cid: decode_customer(cid, fields, min_day=min_day)
+            cid: decode_customer(cid, _as_dict(fields), min_day=min_day)
             for cid, fields in zip(touched, results[n:], strict=True)
         }
         return outcomes, states
 
     async def read(self, customer_ids: Sequence[str], *, min_day: int) -> dict[str, CustomerState]:
         ids = list(dict.fromkeys(customer_ids))
-
-        def build(pipe: Any) -> None:
-            for cid in ids:
-                pipe.hgetall(self._keys.customer(cid))
-
-        results = await self._run(build, None)
+        results = await self._run([("HGETALL", self._keys.customer(cid)) for cid in ids], None)
         return {
-            cid: decode_customer(cid, fields, min_day=min_day)
+            cid: decode_customer(cid, _as_dict(fields), min_day=min_day)
             for cid, fields in zip(ids, results, strict=True)
             if fields
         }
@@ -131,35 +130,56 @@ class RedisProfileStore:
         sha = self._write.sha
         k = self._keys
 
-        def build(pipe: Any) -> None:
-            for w in writes:
-                shard = shard_of(w.customer_id)
-                new_segment = w.new.segment
-                old_segment = w.old_segment or ""
-                pipe.evalsha(
-                    sha, 5,
-                    k.customer(w.customer_id, shard),
-                    k.segment_members(shard, old_segment or new_segment),
-                    k.segment_members(shard, new_segment),
-                    k.counts(shard),
-                    k.due(shard),
-                    w.expected_revision, w.expected_packed, "\n".join(pack_segmentation(w.new)),
-                    old_segment, new_segment,
-                    "" if w.new.next_review_ms is None else str(w.new.next_review_ms),
-                    w.customer_id,
-                )
-
-        results = await self._run(build, self._write)
+        commands: list[Command] = []
+        for w in writes:
+            shard = shard_of(w.customer_id)
+            new_segment = w.new.segment
+            old_segment = w.old_segment or ""
+            commands.append((
+                "EVALSHA", sha, 5,
+                k.customer(w.customer_id, shard),
+                k.segment_members(shard, old_segment or new_segment),
+                k.segment_members(shard, new_segment),
+                k.counts(shard),
+                k.due(shard),
+                w.expected_revision, w.expected_packed, "\n".join(pack_segmentation(w.new)),
+                old_segment, new_segment,
+                "" if w.new.next_review_ms is None else str(w.new.next_review_ms),
+                w.customer_id,
+            ))
+        results = await self._run(commands, self._write)
         return [int(x) == 1 for x in results]
 
-    async def _run(self, build: Any, script: _Script | None) -> list[Any]:
+    async def _run(self, commands: list[Command], script: _Script | None) -> list[Any]:
+        """One pipelined round trip; a script Redis forgot (restart, failover) is loaded and the
+        whole pipeline sent again, which the idempotent scripts make safe."""
         for attempt in (1, 2):
-            pipe = self._redis.pipeline(transaction=False)
-            build(pipe)
             try:
-                return list(await pipe.execute())
+                return await self._execute(commands)
             except NoScriptError:
                 if attempt == 2 or script is None:
                     raise
                 await script.load(self._redis)
         raise AssertionError("unreachable")
+
+    async def _execute(self, commands: list[Command]) -> list[Any]:
+        if self._fast is not None:
+            replies = await self._fast.execute(commands)
+            raise_for_errors(replies)
+            return replies
+        pipe = self._redis.pipeline(transaction=False)
+        for cmd in commands:
+            pipe.execute_command(*cmd)
+        return list(await pipe.execute())
+
+    async def aclose(self) -> None:
+        if self._fast is not None:
+            await self._fast.aclose()
+
+
+def _as_dict(fields: Any) -> dict[bytes, bytes]:
+    """HGETALL as a dict, whether the client gave a dict or RESP2's flat list."""
+    if isinstance(fields, dict):
+        return fields
+    it = iter(fields)
+    return dict(zip(it, it, strict=True))

@@ -26,6 +26,7 @@ from service.segmentation.rules import load_rules
 from service.store.keys import Keys, shard_of
 from service.store.profiles import RedisProfileStore
 from service.store.redis_client import create_redis
+from service.store.resp import RespPipeline
 from tests.support.events import Rec, encode, engagement, ground_truth, purchase, refund
 
 pytestmark = pytest.mark.integration
@@ -96,7 +97,8 @@ async def test_incremental_equals_recomputed(pipeline, history, ring_size) -> No
     events, deliveries = history
     prefix = f"{settings.redis.key_prefix}{uuid.uuid4().hex[:8]}:"
     # ring_size 1 leaves replays to the offset watermark alone; 8 is the default.
-    store = RedisProfileStore(redis, Keys(prefix), ring_size=ring_size)
+    fast = RespPipeline(settings.redis.url, timeout_s=5)
+    store = RedisProfileStore(redis, Keys(prefix), ring_size=ring_size, fast=fast)
     sink = ProducerSink(producer)
     rules = lambda: RULES  # noqa: E731
     handler = BatchHandler(
@@ -116,6 +118,7 @@ async def test_incremental_equals_recomputed(pipeline, history, ring_size) -> No
         stats = await handler.handle([records[i] for i in batch])
         assert stats.dead_lettered == 0
 
+    await fast.aclose()
     min_day = min_day_for(NOW, RULES)
     truth = ground_truth(events, min_day=min_day)
     states = await store.read(list(truth), min_day=min_day)
