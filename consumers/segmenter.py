@@ -27,7 +27,7 @@ from service.errors import WriteConflict
 from service.segmentation.classifier import classify
 from service.segmentation.rules import Rules
 from service.segmentation.types import Cause, Segmentation, Treatment
-from service.store.packing import CustomerState, StoredSegmentation, epoch_ms, from_epoch_ms
+from service.store.packing import CustomerState, StoredSegmentation, epoch_ms, from_epoch_ms, pack_segmentation
 from service.store.profiles import ProfileStore, SegmentWrite
 
 MAX_WRITE_ROUNDS = 5
@@ -133,6 +133,11 @@ def change_id(customer_id: str, cause: Cause, trigger: str, before: str, after: 
     return hashlib.sha256(material).hexdigest()[:32]
 
 
+def _fingerprint_text(s: StoredSegmentation) -> str:
+    """The fingerprint as a stable string (segment, axes codes, treatment, RFM segment)."""
+    return f"{pack_segmentation(s)[0]}|{s.axes.rfm_segment}"
+
+
 def _stored_from(seg: Segmentation) -> StoredSegmentation:
     return StoredSegmentation(
         segment=seg.segment,
@@ -205,7 +210,7 @@ class Segmenter:
                     if old.rules_version == new.rules_version and old.next_review_ms == new.next_review_ms:
                         continue  # nothing to write
                 else:
-                    change = self._change(cid, old, seg, rules, cause=cause, now=now, trigger=trigger_for(cid))
+                    change = self._change(cid, old, new, seg, rules, cause=cause, now=now, trigger=trigger_for(cid))
                     emitted.append(change)
                     records.append((cid.encode(), orjson.dumps(change)))
                 writes.append(
@@ -235,6 +240,7 @@ class Segmenter:
         self,
         customer_id: str,
         old: StoredSegmentation | None,
+        new: StoredSegmentation,
         seg: Segmentation,
         rules: Rules,
         *,
@@ -242,8 +248,8 @@ class Segmenter:
         now: datetime,
         trigger: Trigger | None,
     ) -> dict[str, object]:
-        before = "" if old is None else repr(old.fingerprint())
-        after = repr(_stored_from(seg).fingerprint())
+        before = "" if old is None else _fingerprint_text(old)
+        after = _fingerprint_text(new)
         trigger_key = "" if trigger is None else trigger.identity()
         return {
             "schema_version": 1,

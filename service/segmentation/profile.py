@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, NamedTuple
 
 MONEY_SCALE = 10_000
 """Money unit: 1 = 0.0001 of the base currency."""
@@ -22,9 +22,12 @@ MS_PER_DAY = 86_400_000
 EventKind = Literal["purchase", "refund", "engagement"]
 
 
-@dataclass(frozen=True, slots=True)
-class Totals:
-    """Additive aggregates of a set of events (a day, a window or a lifetime)."""
+class Totals(NamedTuple):
+    """Additive aggregates of a set of events (a day, a window or a lifetime).
+
+    A named tuple, not a dataclass: the consumer builds hundreds of thousands per second, and
+    a tuple is several times cheaper to make than a frozen dataclass.
+    """
 
     orders: int = 0
     """Purchase events."""
@@ -45,21 +48,12 @@ class Totals:
     support_contacts: int = 0
     """Engagement events with action ``support_contact``."""
 
-    def __add__(self, other: Totals) -> Totals:
-        return Totals(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple(), strict=True)))
+    def __add__(self, other: Totals) -> Totals:  # type: ignore[override]
+        """Element-wise sum (not tuple concatenation)."""
+        return Totals(*map(int.__add__, self, other))
 
     def as_tuple(self) -> tuple[int, ...]:
-        return (
-            self.orders,
-            self.spend,
-            self.refunds,
-            self.refunded,
-            self.margin,
-            self.discounted_spend,
-            self.premium_spend,
-            self.engagements,
-            self.support_contacts,
-        )
+        return tuple(self)
 
     @property
     def net_spend(self) -> int:
