@@ -73,9 +73,11 @@ def consumer_env(bootstrap: str, redis_url: str, topic: str, run: str, **extra: 
     return env
 
 
-def run_ours(bootstrap: str, redis_url: str, topic: str, total: int, log_dir: Path) -> dict[str, Any]:
+def run_ours(
+    bootstrap: str, redis_url: str, topic: str, total: int, log_dir: Path, overrides: dict[str, str]
+) -> dict[str, Any]:
     run = uuid.uuid4().hex[:8]
-    env = consumer_env(bootstrap, redis_url, topic, run)
+    env = consumer_env(bootstrap, redis_url, topic, run, **overrides)
     partitions = common.partitions_of(bootstrap, topic)
     log_path = log_dir / f"consumer-{run}.log"
     r = redis.Redis.from_url(redis_url)
@@ -101,6 +103,7 @@ def run_ours(bootstrap: str, redis_url: str, topic: str, total: int, log_dir: Pa
                 rss.sample()
                 time.sleep(0.25)
             end = time.monotonic()
+            cpu_s = common.cpu_seconds(proc.pid)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
@@ -124,6 +127,8 @@ def run_ours(bootstrap: str, redis_url: str, topic: str, total: int, log_dir: Pa
         "events_per_s": rate,
         "startup_s": first_at - t0,
         "peak_rss_mb": rss.stop() / 1024,
+        "cpu_s": cpu_s,
+        "wall_s": end - t0,
         "customers": customers,
         "memory_usage_median_b": statistics.median(usage) if usage else None,
         "used_memory_per_customer_b": (mem_after - mem_before) / customers if customers else None,
@@ -139,25 +144,34 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--peer-runs", type=int, default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="SEGMENTS_X=V",
+                    help="consumer setting for our runs, e.g. SEGMENTS_KAFKA__LANES=1")
+    ap.add_argument("--topic", help="reuse an already-populated topic")
     args = ap.parse_args()
     bootstrap = os.environ["SEGMENTS_KAFKA_BOOTSTRAP"]
     redis_url = os.environ["SEGMENTS_REDIS_URL"]
     log_dir = ROOT / "bench" / "results"
     log_dir.mkdir(parents=True, exist_ok=True)
 
-    topic = f"bench.{uuid.uuid4().hex[:6]}.events"
-    generate.create_topic(bootstrap, topic, args.partitions)
-    now = datetime.now(UTC)
-    produced = generate.produce(bootstrap, topic, generate.iter_events(args.events, args.customers, seed=1, now=now))
-    print(f"produced {produced['events']:,} events to {topic} ({args.partitions} partitions) "
-          f"at {produced['events_per_s']:,.0f}/s", flush=True)
+    overrides = dict(item.split("=", 1) for item in args.set)
+    if args.topic:
+        topic = args.topic
+    else:
+        topic = f"bench.{uuid.uuid4().hex[:6]}.events"
+        generate.create_topic(bootstrap, topic, args.partitions)
+        now = datetime.now(UTC)
+        events = generate.iter_events(args.events, args.customers, seed=1, now=now)
+        produced = generate.produce(bootstrap, topic, events)
+        print(f"produced {produced['events']:,} events to {topic} ({args.partitions} partitions) "
+              f"at {produced['events_per_s']:,.0f}/s", flush=True)
 
     results = []
     for i in range(args.runs):
-        res = run_ours(bootstrap, redis_url, topic, args.events, log_dir)
+        res = run_ours(bootstrap, redis_url, topic, args.events, log_dir, overrides)
         results.append(res)
         print(f"ours run {i + 1}: {res['events_per_s']:,.0f} events/s, startup {res['startup_s']:.1f}s, "
-              f"peak RSS {res['peak_rss_mb']:.0f} MB, {res['customers']:,} customers, "
+              f"peak RSS {res['peak_rss_mb']:.0f} MB, CPU {res['cpu_s']:.1f}s of {res['wall_s']:.1f}s wall, "
+              f"{res['customers']:,} customers, "
               f"MEMORY USAGE median {res['memory_usage_median_b']} B, "
               f"used_memory/customer {res['used_memory_per_customer_b']:.0f} B", flush=True)
         redis.Redis.from_url(redis_url).flushall()

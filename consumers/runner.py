@@ -10,6 +10,7 @@ is fenced by the per-customer watermark in Redis.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -60,13 +61,15 @@ class ConsumerTotals:
 
 
 class _HandOver(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Holds a rebalance until the batch in flight is handled and committed."""
+    """Holds a rebalance until every batch in flight is handled and committed."""
 
-    def __init__(self, lock: asyncio.Lock) -> None:
-        self._lock = lock
+    def __init__(self, locks: list[asyncio.Lock]) -> None:
+        self._locks = locks
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        async with self._lock:
+        async with contextlib.AsyncExitStack() as stack:
+            for lock in self._locks:
+                await stack.enter_async_context(lock)
             log.info("partitions revoked", extra={"partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked)})
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -91,7 +94,7 @@ class ConsumerApp:
         self.stopping = asyncio.Event()
         self.totals = ConsumerTotals()
         self.assigned = asyncio.Event()
-        self._lock = asyncio.Lock()
+        self._locks = [asyncio.Lock() for _ in range(settings.kafka.lanes)]
 
     def request_stop(self) -> None:
         self.stopping.set()
@@ -100,8 +103,6 @@ class ConsumerApp:
         s = self.settings
         await ensure_topics(s.kafka)
         redis = create_redis(s.redis)
-        fast = None if s.redis.cluster else RespPipeline(s.redis.url, timeout_s=s.redis.socket_timeout_s)
-        store = RedisProfileStore(redis, Keys(s.redis.key_prefix), ring_size=s.state.event_id_ring, fast=fast)
         producer = create_producer(s.kafka)
         consumer = AIOKafkaConsumer(
             **client_options(s.kafka),
@@ -114,42 +115,70 @@ class ConsumerApp:
             fetch_max_bytes=32 * 1024 * 1024,
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )
-        consumer.subscribe([s.kafka.events_topic], listener=_HandOver(self._lock))
+        consumer.subscribe([s.kafka.events_topic], listener=_HandOver(self._locks))
         await producer.start()
         await consumer.start()
         sink = ProducerSink(producer)
         rules = lambda: self.rules  # noqa: E731 - swapped at run time by the rules watcher
-        handler = BatchHandler(
-            s,
-            codec=EventCodec(s.validation),
-            store=store,
-            segmenter=Segmenter(store, sink, changes_topic=s.kafka.changes_topic, rules=rules),
-            dead_letters=sink,
-            rules=rules,
-            clock=self.clock,
-            stopping=self.stopping,
+        stores = []
+        handlers = []
+        for _ in self._locks:
+            fast = None if s.redis.cluster else RespPipeline(s.redis.url, timeout_s=s.redis.socket_timeout_s)
+            store = RedisProfileStore(redis, Keys(s.redis.key_prefix), ring_size=s.state.event_id_ring, fast=fast)
+            stores.append(store)
+            handlers.append(
+                BatchHandler(
+                    s,
+                    codec=EventCodec(s.validation),
+                    store=store,
+                    segmenter=Segmenter(store, sink, changes_topic=s.kafka.changes_topic, rules=rules),
+                    dead_letters=sink,
+                    rules=rules,
+                    clock=self.clock,
+                    stopping=self.stopping,
+                )
+            )
+        log.info(
+            "consumer started",
+            extra={"topic": s.kafka.events_topic, "group": s.kafka.group_id, "lanes": len(handlers)},
         )
-        log.info("consumer started", extra={"topic": s.kafka.events_topic, "group": s.kafka.group_id})
+        lanes = [asyncio.create_task(self._lane(i, consumer, h)) for i, h in enumerate(handlers)]
         try:
-            await self._loop(consumer, handler)
+            await asyncio.gather(*lanes)
         except StopRequested:
             log.info("stopping before the batch was applied; it will be replayed")
         finally:
+            for lane in lanes:
+                lane.cancel()
+            await asyncio.gather(*lanes, return_exceptions=True)
             await consumer.stop()  # leaves the group
             await producer.stop()
-            await store.aclose()
+            for store in stores:
+                await store.aclose()
             await redis.aclose()
             log.info("consumer stopped", extra={"records": self.totals.records})
 
-    async def _loop(self, consumer: AIOKafkaConsumer, handler: BatchHandler) -> None:
+    async def _lane(self, lane: int, consumer: AIOKafkaConsumer, handler: BatchHandler) -> None:
+        """One of ``kafka.lanes`` loops, each over its own share of the assigned partitions
+        (partition % lanes). Customers never span partitions, so lanes never touch the same
+        customer; while one lane waits on Redis or Kafka, another computes."""
         s = self.settings.kafka
+        lanes = len(self._locks)
+        lock = self._locks[lane]
         while not self.stopping.is_set():
-            batches = await consumer.getmany(timeout_ms=s.poll_timeout_ms, max_records=s.max_batch)
+            mine = [tp for tp in consumer.assignment() if tp.partition % lanes == lane]
             if consumer.assignment():
                 self.assigned.set()
+            if not mine:
+                await asyncio.sleep(s.poll_timeout_ms / 1000)
+                continue
+            try:
+                batches = await consumer.getmany(*mine, timeout_ms=s.poll_timeout_ms, max_records=s.max_batch)
+            except IllegalStateError:
+                continue  # reassigned meanwhile
             if not batches:
                 continue
-            async with self._lock:
+            async with lock:
                 records = [r for recs in batches.values() for r in recs]
                 stats = await self._handle(handler, records)
                 offsets = {tp: recs[-1].offset + 1 for tp, recs in batches.items()}
@@ -162,6 +191,7 @@ class ConsumerApp:
                 self.totals.add(stats)
 
     async def _handle(self, handler: BatchHandler, records: list) -> BatchStats:  # type: ignore[type-arg]
+        """Handles a batch until it is done; a failed produce retries the whole (idempotent) batch."""
         delay = 0.2
         while True:
             try:

@@ -46,8 +46,11 @@ class KafkaSettings(BaseModel):
     """Kafka producer idempotence. Not needed for correctness (change events carry a
     deterministic ``change_id``; state is applied exactly once regardless); off by default
     because some Kafka-compatible brokers (Tansu 0.6) refuse InitProducerId."""
-    max_batch: int = Field(default=5_000, ge=1)
-    """Records per ``getmany`` batch."""
+    max_batch: int = Field(default=2_000, ge=1)
+    """Records per ``getmany`` batch (per lane)."""
+    lanes: int = Field(default=2, ge=1, le=64)
+    """Concurrent batch loops in one consumer, each over partitions ``p % lanes``; one lane
+    computes while another waits on Redis or Kafka."""
     poll_timeout_ms: int = Field(default=200, ge=1)
     max_poll_interval_ms: int = Field(default=300_000, ge=1_000)
     session_timeout_ms: int = Field(default=10_000, ge=1_000)

@@ -14,10 +14,11 @@ small hash of short fields:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from service.segmentation.profile import Profile, Totals
+from service.segmentation.profile import ZERO, Profile, Totals
 from service.segmentation.types import Axes, Rfm
 
 _N_TOTALS = 9
@@ -34,8 +35,8 @@ _PAD = [[0] * n for n in range(_N_TOTALS + 1)]
 
 
 def decode_totals(raw: bytes | str) -> Totals:
-    values = [int(v) for v in (raw.split(b",") if isinstance(raw, bytes) else raw.split(","))]
-    return Totals(*values, *_PAD[_N_TOTALS - len(values)])
+    values = raw.split(b",") if isinstance(raw, bytes) else raw.split(",")
+    return Totals(*map(int, values), *_PAD[_N_TOTALS - len(values)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,17 +125,20 @@ class CustomerState:
         return unpack_segmentation(self.packed, self.meta) if self.packed else None
 
 
-def decode_customer(customer_id: str, fields: dict[bytes, bytes], *, min_day: int) -> CustomerState:
-    """Builds the profile from a raw HGETALL; buckets older than ``min_day`` are ignored."""
+def decode_customer(customer_id: str, fields: Iterable[bytes], *, min_day: int) -> CustomerState:
+    """Builds the profile from a raw HGETALL (RESP2 flat list: name, value, name, value...);
+    buckets older than ``min_day`` are ignored."""
     days: dict[int, Totals] = {}
-    lifetime = Totals()
+    lifetime = ZERO
     first = last = engaged = None
     revision = packed = meta = ""
-    for name, value in fields.items():
-        if name.startswith(b"d:"):
+    it = iter(fields)
+    for name, value in zip(it, it, strict=True):
+        if name[0] == 100:  # b"d:<day>"
             day = int(name[2:])
             if day >= min_day:
-                days[day] = decode_totals(value)
+                values = value.split(b",")
+                days[day] = Totals(*map(int, values), *_PAD[_N_TOTALS - len(values)])
         elif name == b"L":
             lifetime = decode_totals(value)
         elif name == b"f":
@@ -149,14 +153,7 @@ def decode_customer(customer_id: str, fields: dict[bytes, bytes], *, min_day: in
             packed = value.decode()
         elif name == b"m":
             meta = value.decode()
-    profile = Profile(
-        customer_id=customer_id,
-        first_purchase_ms=first,
-        last_purchase_ms=last,
-        last_engagement_ms=engaged,
-        lifetime=lifetime,
-        days=days,
-    )
+    profile = Profile(customer_id, first, last, engaged, lifetime, days)
     return CustomerState(profile=profile, revision=revision, packed=packed, meta=meta)
 
 

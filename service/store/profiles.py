@@ -111,7 +111,7 @@ class RedisProfileStore:
         n = len(requests)
         outcomes = [int(x) for x in results[:n]]
         states = {
-            cid: decode_customer(cid, _as_dict(fields), min_day=min_day)
+            cid: decode_customer(cid, _as_flat(fields), min_day=min_day)
             for cid, fields in zip(touched, results[n:], strict=True)
         }
         return outcomes, states
@@ -120,7 +120,7 @@ class RedisProfileStore:
         ids = list(dict.fromkeys(customer_ids))
         results = await self._run([("HGETALL", self._keys.customer(cid)) for cid in ids], None)
         return {
-            cid: decode_customer(cid, _as_dict(fields), min_day=min_day)
+            cid: decode_customer(cid, _as_flat(fields), min_day=min_day)
             for cid, fields in zip(ids, results, strict=True)
             if fields
         }
@@ -177,9 +177,8 @@ class RedisProfileStore:
             await self._fast.aclose()
 
 
-def _as_dict(fields: Any) -> dict[bytes, bytes]:
-    """HGETALL as a dict, whether the client gave a dict or RESP2's flat list."""
+def _as_flat(fields: Any) -> list[bytes]:
+    """HGETALL as RESP2's flat list, whether the client gave that or a dict (redis-py)."""
     if isinstance(fields, dict):
-        return fields
-    it = iter(fields)
-    return dict(zip(it, it, strict=True))
+        return [x for pair in fields.items() for x in pair]
+    return list(fields)

@@ -6,14 +6,20 @@
 -- ARGV[2]  totals as CSV of integers (trailing zeros may be omitted)
 -- ARGV[3]  event id hash (8 bytes)
 -- Returns 1 applied, 0 skipped (offset at or below the watermark), 2 skipped (event id seen).
+-- One HMGET in, one HSET out: each redis.call costs more than the Lua around it.
 local key = KEYS[1]
 local partition, offset_s, kind, day_s, ts_s, min_day_s, ring_s =
   string.match(ARGV[1], '^(%d+) (%d+) (%a) (%-?%d+) (%-?%d+) (%-?%d+) (%d+)$')
 local offset = tonumber(offset_s)
+local day = tonumber(day_s)
+local min_day = tonumber(min_day_s)
+local bucket = 'd:' .. day_s
+local cur = redis.call('HMGET', key, 'w', 'r', 'L', bucket, 'f', 'l', 'e', 'v')
+local w, ring, life, day_totals, first, last, engaged, rev =
+  cur[1], cur[2] or '', cur[3], cur[4], cur[5], cur[6], cur[7], cur[8]
 
 -- 1. Fence: a customer's events come from one partition in offset order, so anything at or
 --    below the last applied offset of that partition was applied already (replay, zombie).
-local w = redis.call('HGET', key, 'w')
 if w then
   local sep = string.find(w, ':', 1, true)
   if string.sub(w, 1, sep - 1) == partition and tonumber(string.sub(w, sep + 1)) >= offset then
@@ -24,7 +30,6 @@ local mark = partition .. ':' .. offset_s
 
 -- 2. Producer duplicates arrive at new offsets: a ring of recent event id hashes catches them.
 local h = ARGV[3]
-local ring = redis.call('HGET', key, 'r') or ''
 for i = 1, #ring, 8 do
   if string.sub(ring, i, i + 7) == h then
     redis.call('HSET', key, 'w', mark)
@@ -38,35 +43,29 @@ if #ring > cap then ring = string.sub(ring, 1, cap) end
 local delta = {}
 for n in string.gmatch(ARGV[2], '[^,]+') do delta[#delta + 1] = tonumber(n) end
 
--- Adds the delta to a CSV field; returns true when the field did not exist.
-local function add(field)
-  local cur = redis.call('HGET', key, field)
-  if not cur then
-    redis.call('HSET', key, field, ARGV[2])
-    return true
-  end
+-- The CSV sum of a stored value and the delta (the delta itself when there is none).
+local function add(stored)
+  if not stored then return ARGV[2] end
   local sum = {}
-  for n in string.gmatch(cur, '[^,]+') do sum[#sum + 1] = tonumber(n) end
+  for n in string.gmatch(stored, '[^,]+') do sum[#sum + 1] = tonumber(n) end
   local len = math.max(#sum, #delta)
   local out = {}
-  local last = 0
+  local last_nonzero = 1
   for i = 1, len do
     local v = (sum[i] or 0) + (delta[i] or 0)
     out[i] = string.format('%.0f', v)
-    if v ~= 0 then last = i end
+    if v ~= 0 then last_nonzero = i end
   end
-  redis.call('HSET', key, field, table.concat(out, ',', 1, math.max(last, 1)))
-  return false
+  return table.concat(out, ',', 1, last_nonzero)
 end
 
-add('L')
-local day = tonumber(day_s)
-local min_day = tonumber(min_day_s)
+local set = {'w', mark, 'r', ring, 'L', add(life), 'v', tostring((tonumber(rev) or 0) + 1)}
 if day >= min_day then
-  if add('d:' .. day_s) then
+  set[#set + 1] = bucket
+  set[#set + 1] = add(day_totals)
+  if not day_totals then
     -- A new bucket: drop the ones that left the longest window.
-    local fields = redis.call('HKEYS', key)
-    for _, f in ipairs(fields) do
+    for _, f in ipairs(redis.call('HKEYS', key)) do
       if string.sub(f, 1, 2) == 'd:' and tonumber(string.sub(f, 3)) < min_day then
         redis.call('HDEL', key, f)
       end
@@ -76,15 +75,10 @@ end
 
 local ts = tonumber(ts_s)
 if kind == 'p' then
-  local first = tonumber(redis.call('HGET', key, 'f') or '')
-  if not first or ts < first then redis.call('HSET', key, 'f', ts_s) end
-  local last = tonumber(redis.call('HGET', key, 'l') or '')
-  if not last or ts > last then redis.call('HSET', key, 'l', ts_s) end
+  if not first or ts < tonumber(first) then set[#set + 1] = 'f'; set[#set + 1] = ts_s end
+  if not last or ts > tonumber(last) then set[#set + 1] = 'l'; set[#set + 1] = ts_s end
 elseif kind == 'e' then
-  local engaged = tonumber(redis.call('HGET', key, 'e') or '')
-  if not engaged or ts > engaged then redis.call('HSET', key, 'e', ts_s) end
+  if not engaged or ts > tonumber(engaged) then set[#set + 1] = 'e'; set[#set + 1] = ts_s end
 end
-
-redis.call('HSET', key, 'w', mark, 'r', ring)
-redis.call('HINCRBY', key, 'v', 1)
+redis.call('HSET', key, unpack(set))
 return 1
