@@ -270,7 +270,8 @@ class EventCodec:
             if item.tier == "premium":
                 premium += item.quantity * unit_price
         if rate is not None:  # premium is summed in the event's currency, converted once
-            spend, margin, premium = (_to_base(units, rate) for units in (spend, margin, premium))
+            spend, margin = _to_base(spend, rate), _to_base(margin, rate)
+            premium = _to_base(premium, rate)
         return Totals(
             orders=1,
             spend=spend,

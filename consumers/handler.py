@@ -131,6 +131,7 @@ class BatchHandler:
                     "settle",
                 )
                 stats.changes = len(result.changes)
+                await self._retry(lambda: self._store.trim(list(states.values())), "trim")
         finally:
             if dead_sent is not None:
                 await dead_sent  # the dead letters must be durable before the runner commits

@@ -119,6 +119,8 @@ class CustomerState:
     """Raw ``g`` field ('' before the first segmentation); compare-and-set token."""
     meta: str = ""
     """Raw ``m`` field."""
+    stale: tuple[bytes, ...] = ()
+    """Bucket fields older than the longest window: to be deleted."""
 
     @property
     def stored(self) -> StoredSegmentation | None:
@@ -132,6 +134,7 @@ def decode_customer(customer_id: str, fields: Iterable[bytes], *, min_day: int) 
     lifetime = ZERO
     first = last = engaged = None
     revision = packed = meta = ""
+    stale: list[bytes] = []
     it = iter(fields)
     for name, value in zip(it, it, strict=True):
         if name[0] == 100:  # b"d:<day>"
@@ -139,6 +142,8 @@ def decode_customer(customer_id: str, fields: Iterable[bytes], *, min_day: int) 
             if day >= min_day:
                 values = value.split(b",")
                 days[day] = Totals(*map(int, values), *_PAD[_N_TOTALS - len(values)])
+            else:
+                stale.append(name)
         elif name == b"L":
             lifetime = decode_totals(value)
         elif name == b"f":
@@ -154,7 +159,7 @@ def decode_customer(customer_id: str, fields: Iterable[bytes], *, min_day: int) 
         elif name == b"m":
             meta = value.decode()
     profile = Profile(customer_id, first, last, engaged, lifetime, days)
-    return CustomerState(profile=profile, revision=revision, packed=packed, meta=meta)
+    return CustomerState(profile=profile, revision=revision, packed=packed, meta=meta, stale=tuple(stale))
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

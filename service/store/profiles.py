@@ -53,6 +53,8 @@ class ProfileStore(Protocol):
 
     async def write_segments(self, writes: Sequence[SegmentWrite]) -> list[bool]: ...
 
+    async def trim(self, states: Sequence[CustomerState]) -> None: ...
+
 
 class _Script:
     """A Lua script called by SHA, loaded on demand (a restarted Redis forgets scripts)."""
@@ -124,6 +126,14 @@ class RedisProfileStore:
             for cid, fields in zip(ids, results, strict=True)
             if fields
         }
+
+    async def trim(self, states: Sequence[CustomerState]) -> None:
+        """Deletes the daily buckets that left the longest window (found while reading)."""
+        commands: list[Command] = [
+            ("HDEL", self._keys.customer(s.profile.customer_id), *s.stale) for s in states if s.stale
+        ]
+        if commands:
+            await self._run(commands, None)
 
     async def write_segments(self, writes: Sequence[SegmentWrite]) -> list[bool]:
         """Writes segmentations with their indexes; False where a concurrent change won."""

@@ -60,17 +60,12 @@ local function add(stored)
 end
 
 local set = {'w', mark, 'r', ring, 'L', add(life), 'v', tostring((tonumber(rev) or 0) + 1)}
+-- Buckets that left the longest window are not dropped here (that would mean scanning the
+-- hash on every new day): the consumer sees them when it reads the customer back and deletes
+-- them in the same pipeline as the segment write (RedisProfileStore.write_segments).
 if day >= min_day then
   set[#set + 1] = bucket
   set[#set + 1] = add(day_totals)
-  if not day_totals then
-    -- A new bucket: drop the ones that left the longest window.
-    for _, f in ipairs(redis.call('HKEYS', key)) do
-      if string.sub(f, 1, 2) == 'd:' and tonumber(string.sub(f, 3)) < min_day then
-        redis.call('HDEL', key, f)
-      end
-    end
-  end
 end
 
 local ts = tonumber(ts_s)
