@@ -46,7 +46,7 @@ class KafkaSettings(BaseModel):
     """Kafka producer idempotence. Not needed for correctness (change events carry a
     deterministic ``change_id``; state is applied exactly once regardless); off by default
     because some Kafka-compatible brokers (Tansu 0.6) refuse InitProducerId."""
-    max_batch: int = Field(default=2_000, ge=1)
+    max_batch: int = Field(default=10_000, ge=1)
     """Records per ``getmany`` batch (per lane)."""
     lanes: int = Field(default=2, ge=1, le=64)
     """Concurrent batch loops in one consumer, each over partitions ``p % lanes``; one lane
