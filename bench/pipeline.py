@@ -57,7 +57,9 @@ def committed_total(bootstrap: str, group: str, topic: str, partitions: list[int
     return asyncio.run(go())
 
 
-def consumer_env(bootstrap: str, redis_url: str, topic: str, run: str, **extra: str) -> dict[str, str]:
+def consumer_env(
+    bootstrap: str, redis_url: str, topic: str, run: str, **extra: str
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEGMENTS_")}
     env.update(
         SEGMENTS_KAFKA__BOOTSTRAP=bootstrap,
@@ -84,7 +86,13 @@ def run_ours(
     mem_before = int(r.info("memory")["used_memory"])
     with open(log_path, "wb") as log:
         t0 = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "consume"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "consume"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         rss = common.PeakRss(proc.pid)
         first_at = None
         first_n = 0
@@ -118,9 +126,13 @@ def run_ours(
         if len(sample) >= 3000:
             break
     usage = [r.memory_usage(k, samples=0) for k in sample]
-    customers = int(r.eval(
-        "local n=0 for _,k in ipairs(redis.call('KEYS', ARGV[1])) do n=n+1 end return n", 0, pattern
-    ))
+    customers = int(
+        r.eval(
+            "local n=0 for _,k in ipairs(redis.call('KEYS', ARGV[1])) do n=n+1 end return n",
+            0,
+            pattern,
+        )
+    )
     mem_after = int(r.info("memory")["used_memory"])
     return {
         "run": run,
@@ -144,8 +156,13 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--peer-runs", type=int, default=None)
-    ap.add_argument("--set", action="append", default=[], metavar="SEGMENTS_X=V",
-                    help="consumer setting for our runs, e.g. SEGMENTS_KAFKA__LANES=1")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SEGMENTS_X=V",
+        help="consumer setting for our runs, e.g. SEGMENTS_KAFKA__LANES=1",
+    )
     ap.add_argument("--topic", help="reuse an already-populated topic")
     args = ap.parse_args()
     bootstrap = os.environ["SEGMENTS_KAFKA_BOOTSTRAP"]
@@ -162,33 +179,57 @@ def main() -> int:
         now = datetime.now(UTC)
         events = generate.iter_events(args.events, args.customers, seed=1, now=now)
         produced = generate.produce(bootstrap, topic, events)
-        print(f"produced {produced['events']:,} events to {topic} ({args.partitions} partitions) "
-              f"at {produced['events_per_s']:,.0f}/s", flush=True)
+        print(
+            f"produced {produced['events']:,} events to {topic} ({args.partitions} partitions) "
+            f"at {produced['events_per_s']:,.0f}/s",
+            flush=True,
+        )
 
     results = []
     for i in range(args.runs):
         res = run_ours(bootstrap, redis_url, topic, args.events, log_dir, overrides)
         results.append(res)
-        print(f"ours run {i + 1}: {res['events_per_s']:,.0f} events/s, startup {res['startup_s']:.1f}s, "
-              f"peak RSS {res['peak_rss_mb']:.0f} MB, CPU {res['cpu_s']:.1f}s of {res['wall_s']:.1f}s wall, "
-              f"{res['customers']:,} customers, "
-              f"MEMORY USAGE median {res['memory_usage_median_b']} B, "
-              f"used_memory/customer {res['used_memory_per_customer_b']:.0f} B", flush=True)
+        print(
+            f"ours run {i + 1}: {res['events_per_s']:,.0f} events/s, "
+            f"startup {res['startup_s']:.1f}s, peak RSS {res['peak_rss_mb']:.0f} MB, "
+            f"CPU {res['cpu_s']:.1f}s of {res['wall_s']:.1f}s wall, "
+            f"{res['customers']:,} customers, "
+            f"MEMORY USAGE median {res['memory_usage_median_b']} B, "
+            f"used_memory/customer {res['used_memory_per_customer_b']:.0f} B",
+            flush=True,
+        )
         redis.Redis.from_url(redis_url).flushall()
     ours = statistics.median(r["events_per_s"] for r in results)
     print(f"ours: median {ours:,.0f} events/s over {args.runs} runs", flush=True)
 
     if not args.skip_peer:
         out = subprocess.run(
-            [sys.executable, str(ROOT / "bench/peers/run_quix.py"), "--bootstrap", bootstrap, "--topic", topic,
-             "--events", str(args.events), "--runs", str(args.peer_runs or args.runs)],
-            capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                str(ROOT / "bench/peers/run_quix.py"),
+                "--bootstrap",
+                bootstrap,
+                "--topic",
+                topic,
+                "--events",
+                str(args.events),
+                "--runs",
+                str(args.peer_runs or args.runs),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         print(out.stdout, end="")
-        rates = [float(x.replace(",", "")) for x in re.findall(r"=\s*([\d,\.]+) events/s", out.stdout)]
+        rates = [
+            float(x.replace(",", "")) for x in re.findall(r"=\s*([\d,\.]+) events/s", out.stdout)
+        ]
         if rates:
             peer = statistics.median(rates)
-            print(f"ratio ours/quix-streams: {ours / peer:.2f}x (median {ours:,.0f} vs {peer:,.0f} events/s)")
+            print(
+                f"ratio ours/quix-streams: {ours / peer:.2f}x "
+                f"(median {ours:,.0f} vs {peer:,.0f} events/s)"
+            )
     return 0
 
 

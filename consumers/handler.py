@@ -25,10 +25,10 @@ from typing import Protocol
 
 from consumers.codec import DeadLetter, DecodedEvent, EventCodec, dead_letter_headers
 from consumers.segmenter import Segmenter, Trigger, min_day_for
-from service.segmentation.rules import Rules
-from service.store.profiles import APPLIED, SKIPPED_DUPLICATE, ApplyRequest, ProfileStore
 from service.retry import with_backoff
+from service.segmentation.rules import Rules
 from service.settings import Settings
+from service.store.profiles import APPLIED, SKIPPED_DUPLICATE, ApplyRequest, ProfileStore
 
 
 class Record(Protocol):
@@ -47,7 +47,9 @@ class Record(Protocol):
 
 
 class DeadLetterSink(Protocol):
-    async def send_dead_letters(self, topic: str, records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]) -> None:
+    async def send_dead_letters(
+        self, topic: str, records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]
+    ) -> None:
         """Sends every (key, value, headers) and returns once all are acknowledged."""
 
 
@@ -95,15 +97,21 @@ class BatchHandler:
         for rec in records:
             decoded = self._codec.decode(rec.key, rec.value, now=now)
             if isinstance(decoded, DeadLetter):
-                headers = dead_letter_headers(decoded, topic=rec.topic, partition=rec.partition, offset=rec.offset)
+                headers = dead_letter_headers(
+                    decoded, topic=rec.topic, partition=rec.partition, offset=rec.offset
+                )
                 dead.append((rec.key, rec.value, headers))
-                stats.dead_letter_reasons[decoded.reason] = stats.dead_letter_reasons.get(decoded.reason, 0) + 1
+                stats.dead_letter_reasons[decoded.reason] = (
+                    stats.dead_letter_reasons.get(decoded.reason, 0) + 1
+                )
                 continue
             requests.append(_request(decoded, rec))
             sources[decoded.event.customer_id] = (decoded.event.event_id, rec)
         stats.dead_lettered = len(dead)
         dead_sent = (
-            asyncio.ensure_future(self._dead_letters.send_dead_letters(self._settings.kafka.dlq_topic, dead))
+            asyncio.ensure_future(
+                self._dead_letters.send_dead_letters(self._settings.kafka.dlq_topic, dead)
+            )
             if dead
             else None
         )
@@ -113,7 +121,9 @@ class BatchHandler:
                 # 2. apply + read back, one round trip, retried until Redis answers
                 rules = self._rules()
                 min_day = min_day_for(now, rules)
-                outcomes, states = await self._retry(lambda: self._store.apply(requests, min_day=min_day), "apply")
+                outcomes, states = await self._retry(
+                    lambda: self._store.apply(requests, min_day=min_day), "apply"
+                )
                 stats.applied = sum(1 for o in outcomes if o == APPLIED)
                 stats.duplicates = sum(1 for o in outcomes if o == SKIPPED_DUPLICATE)
 
@@ -124,10 +134,17 @@ class BatchHandler:
                     if source is None:
                         return None
                     event_id, rec = source
-                    return Trigger(event_id=event_id, topic=rec.topic, partition=rec.partition, offset=rec.offset)
+                    return Trigger(
+                        event_id=event_id,
+                        topic=rec.topic,
+                        partition=rec.partition,
+                        offset=rec.offset,
+                    )
 
                 result = await self._retry(
-                    lambda: self._segmenter.settle(states, now=now, cause="event", trigger_for=trigger_for),
+                    lambda: self._segmenter.settle(
+                        states, now=now, cause="event", trigger_for=trigger_for
+                    ),
                     "settle",
                 )
                 stats.changes = len(result.changes)
@@ -140,7 +157,11 @@ class BatchHandler:
     async def _retry(self, op, what: str):  # type: ignore[no-untyped-def]
         redis = self._settings.redis
         return await with_backoff(
-            op, what=what, initial_s=redis.retry_initial_s, max_s=redis.retry_max_s, stopping=self._stopping
+            op,
+            what=what,
+            initial_s=redis.retry_initial_s,
+            max_s=redis.retry_max_s,
+            stopping=self._stopping,
         )
 
 

@@ -19,7 +19,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, RebalanceInProgressError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaError,
+    RebalanceInProgressError,
+)
 
 from consumers.codec import EventCodec
 from consumers.handler import BatchHandler, BatchStats
@@ -70,10 +75,16 @@ class _HandOver(ConsumerRebalanceListener):  # type: ignore[misc]
         async with contextlib.AsyncExitStack() as stack:
             for lock in self._locks:
                 await stack.enter_async_context(lock)
-            log.info("partitions revoked", extra={"partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked)})
+            log.info(
+                "partitions revoked",
+                extra={"partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked)},
+            )
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        log.info("partitions assigned", extra={"partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)})
+        log.info(
+            "partitions assigned",
+            extra={"partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)},
+        )
 
 
 def utc_now() -> datetime:
@@ -123,15 +134,23 @@ class ConsumerApp:
         stores = []
         handlers = []
         for _ in self._locks:
-            fast = None if s.redis.cluster else RespPipeline(s.redis.url, timeout_s=s.redis.socket_timeout_s)
-            store = RedisProfileStore(redis, Keys(s.redis.key_prefix), ring_size=s.state.event_id_ring, fast=fast)
+            fast = (
+                None
+                if s.redis.cluster
+                else RespPipeline(s.redis.url, timeout_s=s.redis.socket_timeout_s)
+            )
+            store = RedisProfileStore(
+                redis, Keys(s.redis.key_prefix), ring_size=s.state.event_id_ring, fast=fast
+            )
             stores.append(store)
             handlers.append(
                 BatchHandler(
                     s,
                     codec=EventCodec(s.validation),
                     store=store,
-                    segmenter=Segmenter(store, sink, changes_topic=s.kafka.changes_topic, rules=rules),
+                    segmenter=Segmenter(
+                        store, sink, changes_topic=s.kafka.changes_topic, rules=rules
+                    ),
                     dead_letters=sink,
                     rules=rules,
                     clock=self.clock,
@@ -140,7 +159,11 @@ class ConsumerApp:
             )
         log.info(
             "consumer started",
-            extra={"topic": s.kafka.events_topic, "group": s.kafka.group_id, "lanes": len(handlers)},
+            extra={
+                "topic": s.kafka.events_topic,
+                "group": s.kafka.group_id,
+                "lanes": len(handlers),
+            },
         )
         lanes = [asyncio.create_task(self._lane(i, consumer, h)) for i, h in enumerate(handlers)]
         try:
@@ -173,7 +196,9 @@ class ConsumerApp:
                 await asyncio.sleep(s.poll_timeout_ms / 1000)
                 continue
             try:
-                batches = await consumer.getmany(*mine, timeout_ms=s.poll_timeout_ms, max_records=s.max_batch)
+                batches = await consumer.getmany(
+                    *mine, timeout_ms=s.poll_timeout_ms, max_records=s.max_batch
+                )
             except IllegalStateError:
                 continue  # reassigned meanwhile
             if not batches:
@@ -191,7 +216,7 @@ class ConsumerApp:
                 self.totals.add(stats)
 
     async def _handle(self, handler: BatchHandler, records: list) -> BatchStats:  # type: ignore[type-arg]
-        """Handles a batch until it is done; a failed produce retries the whole (idempotent) batch."""
+        """Handles a batch until done; a failed produce retries the whole (idempotent) batch."""
         delay = 0.2
         while True:
             try:

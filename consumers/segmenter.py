@@ -27,7 +27,13 @@ from service.errors import WriteConflict
 from service.segmentation.classifier import classify
 from service.segmentation.rules import Rules
 from service.segmentation.types import Cause, Segmentation, Treatment
-from service.store.packing import CustomerState, StoredSegmentation, epoch_ms, from_epoch_ms, pack_segmentation
+from service.store.packing import (
+    CustomerState,
+    StoredSegmentation,
+    epoch_ms,
+    from_epoch_ms,
+    pack_segmentation,
+)
 from service.store.profiles import ProfileStore, SegmentWrite
 
 MAX_WRITE_ROUNDS = 5
@@ -152,19 +158,25 @@ def _stored_from(seg: Segmentation) -> StoredSegmentation:
 def treatment_of(rules: Rules, treatment_id: str) -> Treatment:
     """A treatment by id; one the rules no longer define keeps just its id."""
     spec = rules.treatments.get(treatment_id)
-    return Treatment(id=treatment_id) if spec is None else Treatment(id=treatment_id, **spec.model_dump())
+    return (
+        Treatment(id=treatment_id)
+        if spec is None
+        else Treatment(id=treatment_id, **spec.model_dump())
+    )
 
 
 def stored_to_domain(stored: StoredSegmentation, rules: Rules) -> Segmentation:
     """A stored segmentation with its treatment resolved (reasons are not stored)."""
     return Segmentation(
-            segment=stored.segment,
-            axes=stored.axes,
-            treatment=treatment_of(rules, stored.treatment_id),
-            reasons=(),
-            rules_version=stored.rules_version,
-            as_of=from_epoch_ms(stored.as_of_ms),
-        next_review_at=None if stored.next_review_ms is None else from_epoch_ms(stored.next_review_ms),
+        segment=stored.segment,
+        axes=stored.axes,
+        treatment=treatment_of(rules, stored.treatment_id),
+        reasons=(),
+        rules_version=stored.rules_version,
+        as_of=from_epoch_ms(stored.as_of_ms),
+        next_review_at=None
+        if stored.next_review_ms is None
+        else from_epoch_ms(stored.next_review_ms),
     )
 
 
@@ -207,10 +219,15 @@ class Segmenter:
                 new = _stored_from(seg)
                 old = state.stored
                 if old is not None and old.fingerprint() == new.fingerprint():
-                    if old.rules_version == new.rules_version and old.next_review_ms == new.next_review_ms:
+                    if (
+                        old.rules_version == new.rules_version
+                        and old.next_review_ms == new.next_review_ms
+                    ):
                         continue  # nothing to write
                 else:
-                    change = self._change(cid, old, new, seg, rules, cause=cause, now=now, trigger=trigger_for(cid))
+                    change = self._change(
+                        cid, old, new, seg, rules, cause=cause, now=now, trigger=trigger_for(cid)
+                    )
                     emitted.append(change)
                     records.append((cid.encode(), orjson.dumps(change)))
                 writes.append(
@@ -233,7 +250,9 @@ class Segmenter:
                 break
             pending = dict(await self._store.read(conflicts, min_day=min_day_for(now, rules)))
         else:
-            raise WriteConflict(f"{len(pending)} customers kept changing during {MAX_WRITE_ROUNDS} rounds")
+            raise WriteConflict(
+                f"{len(pending)} customers kept changing during {MAX_WRITE_ROUNDS} rounds"
+            )
         return SettleResult(written=written, changes=emitted)
 
     def _change(

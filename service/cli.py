@@ -42,7 +42,9 @@ def _rules_validate(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from service.demo import run_demo
 
-    asyncio.run(run_demo(get_settings(), rate=args.rate, customers=args.customers, duration_s=args.duration))
+    asyncio.run(
+        run_demo(get_settings(), rate=args.rate, customers=args.customers, duration_s=args.duration)
+    )
     return 0
 
 
@@ -78,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     topics.add_argument("--partitions", type=int, default=8)
     topics.set_defaults(run=_topics)
 
-    rules = sub.add_parser("rules", help="work with rule files").add_subparsers(dest="rules_command", required=True)
+    rules = sub.add_parser("rules", help="work with rule files").add_subparsers(
+        dest="rules_command", required=True
+    )
     validate = rules.add_parser("validate", help="validate a rules file and print its version")
     validate.add_argument("file")
     validate.set_defaults(run=_rules_validate)

@@ -84,7 +84,9 @@ class TrafficGenerator:
                 break
             t += timedelta(days=rng.uniform(*p.purchase_gap_days))
 
-    def _purchase_and_maybe_refund(self, cid: str, p: Persona, at: datetime) -> Iterator[dict[str, object]]:
+    def _purchase_and_maybe_refund(
+        self, cid: str, p: Persona, at: datetime
+    ) -> Iterator[dict[str, object]]:
         rng = self._rng
         amount = round(rng.uniform(*p.basket), 2)
         discounted = rng.random() < p.discount_rate
@@ -123,7 +125,9 @@ class TrafficGenerator:
             }
 
     def _engagement(self, cid: str, at: datetime) -> dict[str, object]:
-        action = self._rng.choice(("viewed", "viewed", "added_to_cart", "email_opened", "support_contact"))
+        action = self._rng.choice(
+            ("viewed", "viewed", "added_to_cart", "email_opened", "support_contact")
+        )
         return {
             "schema_version": 1,
             "type": "engagement",
@@ -143,7 +147,9 @@ class TrafficGenerator:
         return [e for e in self._purchase_and_maybe_refund(cid, p, now) if e["type"] == "purchase"]
 
 
-async def run_demo(settings: Settings, *, rate: float, customers: int, duration_s: float | None) -> None:
+async def run_demo(
+    settings: Settings, *, rate: float, customers: int, duration_s: float | None
+) -> None:
     """Backfills a year of history, then produces live events at ``rate`` per second."""
     await ensure_topics(settings.kafka)
     producer = AIOKafkaProducer(**client_options(settings.kafka), acks="all", linger_ms=20)
@@ -161,7 +167,9 @@ async def run_demo(settings: Settings, *, rate: float, customers: int, duration_
         sent = 0
         while duration_s is None or time.monotonic() - started < duration_s:
             for event in gen.live(datetime.now(UTC)):
-                await producer.send(topic, orjson.dumps(event), key=str(event["customer_id"]).encode())
+                await producer.send(
+                    topic, orjson.dumps(event), key=str(event["customer_id"]).encode()
+                )
                 sent += 1
             ahead = sent / rate - (time.monotonic() - started)
             if ahead > 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -57,10 +58,8 @@ async def ensure_topics(settings: KafkaSettings, *, partitions: int = 8) -> None
             if name not in existing
         ]
         if wanted:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # a concurrent creator won
                 await admin.create_topics(wanted)
-            except TopicAlreadyExistsError:
-                pass
             log.info("topics created", extra={"topics": [t.name for t in wanted]})
             await asyncio.sleep(0.2)
     finally:
@@ -82,5 +81,7 @@ class ProducerSink:
         self, topic: str, records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]
     ) -> None:
         send = self._producer.send
-        futures = [await send(topic, value, key=key, headers=headers) for key, value, headers in records]
+        futures = [
+            await send(topic, value, key=key, headers=headers) for key, value, headers in records
+        ]
         await asyncio.gather(*futures)

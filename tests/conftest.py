@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def load_services() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("segments_services", ROOT / "scripts" / "services.py")
+    spec = importlib.util.spec_from_file_location(
+        "segments_services", ROOT / "scripts" / "services.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["segments_services"] = module
@@ -83,7 +85,9 @@ def make_settings(kafka_bootstrap: str, redis_url: str) -> SettingsFactory:
             poll_timeout_ms=100,
             session_timeout_ms=6_000,
         )
-        redis = RedisSettings(url=redis_url, key_prefix=f"t{run}:", retry_initial_s=0.05, retry_max_s=0.5)
+        redis = RedisSettings(
+            url=redis_url, key_prefix=f"t{run}:", retry_initial_s=0.05, retry_max_s=0.5
+        )
         return Settings(kafka=kafka, redis=redis, _env_file=None, **overrides)  # type: ignore[call-arg]
 
     return build

@@ -97,7 +97,11 @@ def apply_event(profile: Profile, delta: EventDelta, *, min_day: int) -> Profile
 
     Mirrors ``apply.lua`` exactly (minus the idempotency marks, which live only in Redis).
     """
-    first, last, engaged = profile.first_purchase_ms, profile.last_purchase_ms, profile.last_engagement_ms
+    first, last, engaged = (
+        profile.first_purchase_ms,
+        profile.last_purchase_ms,
+        profile.last_engagement_ms,
+    )
     if delta.kind == "purchase":
         first = delta.occurred_ms if first is None else min(first, delta.occurred_ms)
         last = delta.occurred_ms if last is None else max(last, delta.occurred_ms)

@@ -9,7 +9,9 @@ from typing import Literal
 Lifecycle = Literal["prospect", "new", "regular", "occasional", "at_risk", "churned", "reactivated"]
 ValueTier = Literal["high", "medium", "low", "negative"]
 Loyalty = Literal["high", "medium", "low", "none"]
-Needs = Literal["price_sensitive", "quality_seeking", "function_seeking", "service_sensitive", "unknown"]
+Needs = Literal[
+    "price_sensitive", "quality_seeking", "function_seeking", "service_sensitive", "unknown"
+]
 Level = Literal["high", "medium", "low"]
 Cause = Literal["event", "time", "rules"]
 

@@ -56,23 +56,43 @@ class StoredSegmentation:
 
 # One character per class keeps ``g`` under Redis's listpack value limit (64 bytes), so a
 # customer hash stays in the compact listpack encoding instead of a hashtable (~2.5x smaller).
-_LIFECYCLE = {"prospect": "p", "new": "n", "regular": "g", "occasional": "o", "at_risk": "a",
-              "churned": "c", "reactivated": "r"}
+_LIFECYCLE = {
+    "prospect": "p",
+    "new": "n",
+    "regular": "g",
+    "occasional": "o",
+    "at_risk": "a",
+    "churned": "c",
+    "reactivated": "r",
+}
 _VALUE = {"high": "h", "medium": "m", "low": "l", "negative": "n"}
 _LOYALTY = {"high": "h", "medium": "m", "low": "l", "none": "n"}
-_NEEDS = {"price_sensitive": "p", "quality_seeking": "q", "function_seeking": "f",
-          "service_sensitive": "s", "unknown": "u"}
+_NEEDS = {
+    "price_sensitive": "p",
+    "quality_seeking": "q",
+    "function_seeking": "f",
+    "service_sensitive": "s",
+    "unknown": "u",
+}
 _LEVEL = {"high": "h", "medium": "m", "low": "l"}
-_BACK = [{v: k for k, v in table.items()} for table in (_LIFECYCLE, _VALUE, _LOYALTY, _NEEDS, _LEVEL)]
+_BACK = [
+    {v: k for k, v in table.items()} for table in (_LIFECYCLE, _VALUE, _LOYALTY, _NEEDS, _LEVEL)
+]
 
 
 def pack_segmentation(s: StoredSegmentation) -> tuple[str, str]:
     """Two fields: ``g`` (what the segmentation is) and ``m`` (version and times)."""
     a = s.axes
     code = (
-        _LIFECYCLE[a.lifecycle] + _VALUE[a.value_tier] + _LOYALTY[a.loyalty] + _NEEDS[a.needs]
-        + f"{a.rfm.r}{a.rfm.f}{a.rfm.m}" + ("k" if a.key_account else "-")
-        + _LEVEL[a.frequency] + _LEVEL[a.aov] + _LEVEL[a.profit]
+        _LIFECYCLE[a.lifecycle]
+        + _VALUE[a.value_tier]
+        + _LOYALTY[a.loyalty]
+        + _NEEDS[a.needs]
+        + f"{a.rfm.r}{a.rfm.f}{a.rfm.m}"
+        + ("k" if a.key_account else "-")
+        + _LEVEL[a.frequency]
+        + _LEVEL[a.aov]
+        + _LEVEL[a.profit]
     )
     g = f"{s.segment}|{code}|{s.treatment_id}"
     nxt = "" if s.next_review_ms is None else s.next_review_ms
@@ -159,7 +179,9 @@ def decode_customer(customer_id: str, fields: Iterable[bytes], *, min_day: int) 
         elif name == b"m":
             meta = value.decode()
     profile = Profile(customer_id, first, last, engaged, lifetime, days)
-    return CustomerState(profile=profile, revision=revision, packed=packed, meta=meta, stale=tuple(stale))
+    return CustomerState(
+        profile=profile, revision=revision, packed=packed, meta=meta, stale=tuple(stale)
+    )
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -13,7 +13,13 @@ from redis.exceptions import NoScriptError
 
 from service.segmentation.profile import EventDelta
 from service.store.keys import Keys, shard_of
-from service.store.packing import CustomerState, StoredSegmentation, decode_customer, encode_totals, pack_segmentation
+from service.store.packing import (
+    CustomerState,
+    StoredSegmentation,
+    decode_customer,
+    encode_totals,
+    pack_segmentation,
+)
 from service.store.redis_client import AnyRedis
 from service.store.resp import Command, RespPipeline, raise_for_errors
 
@@ -49,7 +55,9 @@ class ProfileStore(Protocol):
         self, requests: Sequence[ApplyRequest], *, min_day: int
     ) -> tuple[list[int], dict[str, CustomerState]]: ...
 
-    async def read(self, customer_ids: Sequence[str], *, min_day: int) -> dict[str, CustomerState]: ...
+    async def read(
+        self, customer_ids: Sequence[str], *, min_day: int
+    ) -> dict[str, CustomerState]: ...
 
     async def write_segments(self, writes: Sequence[SegmentWrite]) -> list[bool]: ...
 
@@ -67,13 +75,15 @@ class _Script:
         if isinstance(redis, Redis):
             await redis.script_load(self.source)
         else:  # cluster: every primary needs it
-            await redis.script_load(self.source, target_nodes=redis.PRIMARIES)  # type: ignore[call-arg,attr-defined]
+            await redis.script_load(self.source, target_nodes=redis.PRIMARIES)  # type: ignore[call-arg]
 
 
 class RedisProfileStore:
     """Customers as hashes, applied and segmented by Lua scripts (see packing.py for fields)."""
 
-    def __init__(self, redis: AnyRedis, keys: Keys, *, ring_size: int, fast: RespPipeline | None = None) -> None:
+    def __init__(
+        self, redis: AnyRedis, keys: Keys, *, ring_size: int, fast: RespPipeline | None = None
+    ) -> None:
         self._redis = redis
         self._fast = fast
         """Hot-path client for a single Redis node (None: use redis-py, e.g. on a cluster)."""
@@ -130,7 +140,9 @@ class RedisProfileStore:
     async def trim(self, states: Sequence[CustomerState]) -> None:
         """Deletes the daily buckets that left the longest window (found while reading)."""
         commands: list[Command] = [
-            ("HDEL", self._keys.customer(s.profile.customer_id), *s.stale) for s in states if s.stale
+            ("HDEL", self._keys.customer(s.profile.customer_id), *s.stale)
+            for s in states
+            if s.stale
         ]
         if commands:
             await self._run(commands, None)
@@ -145,18 +157,25 @@ class RedisProfileStore:
             shard = shard_of(w.customer_id)
             new_segment = w.new.segment
             old_segment = w.old_segment or ""
-            commands.append((
-                "EVALSHA", sha, 5,
-                k.customer(w.customer_id, shard),
-                k.segment_members(shard, old_segment or new_segment),
-                k.segment_members(shard, new_segment),
-                k.counts(shard),
-                k.due(shard),
-                w.expected_revision, w.expected_packed, "\n".join(pack_segmentation(w.new)),
-                old_segment, new_segment,
-                "" if w.new.next_review_ms is None else str(w.new.next_review_ms),
-                w.customer_id,
-            ))
+            commands.append(
+                (
+                    "EVALSHA",
+                    sha,
+                    5,
+                    k.customer(w.customer_id, shard),
+                    k.segment_members(shard, old_segment or new_segment),
+                    k.segment_members(shard, new_segment),
+                    k.counts(shard),
+                    k.due(shard),
+                    w.expected_revision,
+                    w.expected_packed,
+                    "\n".join(pack_segmentation(w.new)),
+                    old_segment,
+                    new_segment,
+                    "" if w.new.next_review_ms is None else str(w.new.next_review_ms),
+                    w.customer_id,
+                )
+            )
         results = await self._run(commands, self._write)
         return [int(x) == 1 for x in results]
 

@@ -19,5 +19,5 @@ def create_redis(settings: RedisSettings) -> AnyRedis:
         "decode_responses": False,
     }
     if settings.cluster:
-        return RedisCluster.from_url(settings.url, **common)  # type: ignore[arg-type]
+        return RedisCluster.from_url(settings.url, **common)
     return Redis.from_url(settings.url, health_check_interval=30, **common)  # type: ignore[arg-type]

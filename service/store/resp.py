@@ -9,6 +9,7 @@ every reply with hiredis in bulk. One connection, one pipeline at a time; everyt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import Sequence
 from typing import Any
@@ -58,7 +59,9 @@ class RespPipeline:
         self._db = int(opts.get("db", 0))
         self._username = opts.get("username")
         self._password = opts.get("password")
-        self._ssl = ssl.create_default_context() if opts.get("connection_class") is SSLConnection else None
+        self._ssl = (
+            ssl.create_default_context() if opts.get("connection_class") is SSLConnection else None
+        )
         self._timeout = timeout_s
         self._lock = asyncio.Lock()
         self._stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
@@ -76,7 +79,9 @@ class RespPipeline:
                 return await asyncio.wait_for(self._read(reader, len(commands)), self._timeout)
             except TimeoutError as exc:
                 await self.aclose()
-                raise RedisTimeoutError(f"no reply from {self._host}:{self._port} in {self._timeout}s") from exc
+                raise RedisTimeoutError(
+                    f"no reply from {self._host}:{self._port} in {self._timeout}s"
+                ) from exc
             except (OSError, EOFError, hiredis.ProtocolError) as exc:
                 await self.aclose()
                 raise RedisConnectionError(f"{self._host}:{self._port}: {exc!r}") from exc
@@ -86,21 +91,24 @@ class RespPipeline:
             _, writer = self._stream
             self._stream = None
             writer.close()
-            try:
+            with contextlib.suppress(OSError):
                 await writer.wait_closed()
-            except OSError:
-                pass
 
     async def _connected(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self._stream is not None:
             return self._stream
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(self._host, self._port, ssl=self._ssl, limit=1 << 22), self._timeout
+            asyncio.open_connection(self._host, self._port, ssl=self._ssl, limit=1 << 22),
+            self._timeout,
         )
         self._stream = (reader, writer)
         hello: list[Command] = []
         if self._password is not None:
-            auth = ("AUTH", self._username, self._password) if self._username else ("AUTH", self._password)
+            auth = (
+                ("AUTH", self._username, self._password)
+                if self._username
+                else ("AUTH", self._password)
+            )
             hello.append(auth)
         if self._db:
             hello.append(("SELECT", self._db))

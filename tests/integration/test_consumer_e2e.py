@@ -4,6 +4,7 @@ once, every bad record dead-lettered with its bytes, position and reason, change
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -31,7 +32,11 @@ GOOD = purchase("c-good", "e-good", NOW - timedelta(days=1), "10.00")
 BAD: list[tuple[str, bytes | None, bytes]] = [
     ("invalid_json", b"c-1", b'{"type": "purchase", '),
     ("invalid_utf8", b"c-1", b'{"type": "purchase", "x": "\xff\xfe"}'),
-    ("missing_field", b"c-1", encode({k: v for k, v in GOOD.items() if k != "amount"} | {"customer_id": "c-1"})),
+    (
+        "missing_field",
+        b"c-1",
+        encode({k: v for k, v in GOOD.items() if k != "amount"} | {"customer_id": "c-1"}),
+    ),
     ("wrong_type", b"c-1", encode(GOOD | {"customer_id": "c-1", "amount": ["1"]})),
     ("unknown_event_type", b"c-1", encode(GOOD | {"customer_id": "c-1", "type": "teleport"})),
     ("negative_amount", b"c-1", encode(GOOD | {"customer_id": "c-1", "amount": "-5.00"})),
@@ -41,8 +46,16 @@ BAD: list[tuple[str, bytes | None, bytes]] = [
     ("amount_too_large", b"c-1", encode(GOOD | {"customer_id": "c-1", "amount": "99999999999"})),
     ("invalid_id", b"c-{1}", encode(GOOD | {"customer_id": "c-{1}"})),
     ("key_mismatch", b"c-2", encode(GOOD | {"customer_id": "c-1"})),
-    ("timestamp_without_offset", b"c-1", encode(GOOD | {"customer_id": "c-1", "occurred_at": "2026-11-24T10:00:00"})),
-    ("timestamp_in_future", b"c-1", encode(GOOD | {"customer_id": "c-1", "occurred_at": (NOW + timedelta(days=2)).isoformat()})),
+    (
+        "timestamp_without_offset",
+        b"c-1",
+        encode(GOOD | {"customer_id": "c-1", "occurred_at": "2026-11-24T10:00:00"}),
+    ),
+    (
+        "timestamp_in_future",
+        b"c-1",
+        encode(GOOD | {"customer_id": "c-1", "occurred_at": (NOW + timedelta(days=2)).isoformat()}),
+    ),
     ("record_too_large", b"c-1", encode(GOOD | {"customer_id": "c-1", "channel": "x" * 70_000})),
 ]
 
@@ -59,7 +72,9 @@ async def test_valid_applied_bad_dead_lettered_changes_published(make_settings) 
         at = NOW - timedelta(days=rng.randrange(0, 400), minutes=rng.randrange(0, 1440))
         kind = rng.random()
         if kind < 0.8:
-            good.append(purchase(cid, f"e-{i}", at, f"{rng.randrange(1, 50000) / 100:.2f}", margin="2.00"))
+            good.append(
+                purchase(cid, f"e-{i}", at, f"{rng.randrange(1, 50000) / 100:.2f}", margin="2.00")
+            )
         elif kind < 0.9:
             good.append(refund(cid, f"e-{i}", at, "3.50"))
         else:
@@ -78,7 +93,9 @@ async def test_valid_applied_bad_dead_lettered_changes_published(make_settings) 
     app = ConsumerApp(settings, rules=RULES, clock=lambda: NOW)
     task = asyncio.create_task(app.run())
     try:
-        await wait_for(lambda: app.totals.records >= len(mixed), timeout_s=60, what="all records handled")
+        await wait_for(
+            lambda: app.totals.records >= len(mixed), timeout_s=60, what="all records handled"
+        )
     finally:
         app.request_stop()
         await asyncio.wait_for(task, 30)
@@ -102,7 +119,7 @@ async def test_valid_applied_bad_dead_lettered_changes_published(make_settings) 
     dlq = await read_topic(k, k.dlq_topic, at_least=len(BAD))
     assert len(dlq) == len(BAD)
     by_value = {r.value: dict(r.headers) for r in dlq}
-    for reason, key, value in BAD:
+    for reason, _key, value in BAD:
         headers = by_value[value]
         assert headers["dlq.reason"].decode() == reason, (reason, headers)
         assert headers["dlq.source.topic"].decode() == k.events_topic
@@ -122,5 +139,5 @@ async def test_valid_applied_bad_dead_lettered_changes_published(make_settings) 
         assert all(c["cause"] == "event" for c in seq)
         want = classify(truth[cid], RULES, now=NOW)
         assert seq[-1]["current"]["segment"] == want.segment
-        for before, after in zip(seq, seq[1:], strict=False):
+        for before, after in itertools.pairwise(seq):
             assert after["previous"]["segment"] == before["current"]["segment"]

@@ -39,7 +39,11 @@ PARTITIONS = 8
 
 def _spawn(env: dict[str, str], log: object) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "consume"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "service.cli", "consume"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -136,8 +140,14 @@ async def test_sigkill_three_times_state_exact(make_settings, tmp_path) -> None:
                     change = orjson.loads(r.value)
                     cid = change["customer_id"]
                     cur = change["current"]
-                    if cid in unseen and cur["segment"] == final[cid].segment and cur["treatment"]["id"] == final[cid].treatment_id:
+                    if (
+                        cid in unseen
+                        and cur["segment"] == final[cid].segment
+                        and cur["treatment"]["id"] == final[cid].treatment_id
+                    ):
                         unseen.discard(cid)
     finally:
         await consumer.stop()
-    assert not unseen, f"{len(unseen)} customers' final segment never published, e.g. {sorted(unseen)[:3]}"
+    assert not unseen, (
+        f"{len(unseen)} customers' final segment never published, e.g. {sorted(unseen)[:3]}"
+    )

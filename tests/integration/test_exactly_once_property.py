@@ -9,8 +9,8 @@ new offsets.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
 import uuid
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -52,13 +52,22 @@ def histories(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[list[int]]]:
         eid = f"e-{i}"
         if kind == "purchase":
             e = purchase(
-                cid, eid, at, amount,
+                cid,
+                eid,
+                at,
+                amount,
                 margin=draw(st.sampled_from([None, "5.25", "-3.00"])),
                 discount=draw(st.sampled_from([None, "1.00"])),
                 premium=draw(st.sampled_from([None, "2.50", amount])),
             )
         elif kind == "refund":
-            e = refund(cid, eid, at, amount if cents else "0.01", margin=draw(st.sampled_from([None, "1.00"])))
+            e = refund(
+                cid,
+                eid,
+                at,
+                amount if cents else "0.01",
+                margin=draw(st.sampled_from([None, "1.00"])),
+            )
         else:
             e = engagement(cid, eid, at, draw(st.sampled_from(["viewed", "support_contact"])))
         events.append(e)
@@ -90,7 +99,9 @@ async def pipeline(make_settings):  # type: ignore[no-untyped-def]
     await redis.aclose()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(history=histories(), ring_size=st.sampled_from([1, 8]))
 async def test_incremental_equals_recomputed(pipeline, history, ring_size) -> None:  # type: ignore[no-untyped-def]
     settings, redis, producer = pipeline
@@ -131,5 +142,7 @@ async def test_incremental_equals_recomputed(pipeline, history, ring_size) -> No
         want = classify(expected, RULES, now=NOW)
         assert stored.fingerprint() == (want.segment, want.axes, want.treatment.id)
         due = await redis.zscore(store.keys.due(shard_of(cid)), cid)
-        expected_due = None if want.next_review_at is None else int(want.next_review_at.timestamp() * 1000)
+        expected_due = (
+            None if want.next_review_at is None else int(want.next_review_at.timestamp() * 1000)
+        )
         assert (None if due is None else int(due)) == expected_due

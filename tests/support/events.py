@@ -44,12 +44,20 @@ def purchase(
         event["discount"] = discount
     if premium is not None:
         event["items"] = [
-            {"sku": "sku-p", "category": "general", "quantity": 1, "unit_price": premium, "tier": "premium"}
+            {
+                "sku": "sku-p",
+                "category": "general",
+                "quantity": 1,
+                "unit_price": premium,
+                "tier": "premium",
+            }
         ]
     return event
 
 
-def refund(customer_id: str, event_id: str, at: datetime, amount: str, *, margin: str | None = None) -> dict[str, Any]:
+def refund(
+    customer_id: str, event_id: str, at: datetime, amount: str, *, margin: str | None = None
+) -> dict[str, Any]:
     event: dict[str, Any] = {
         "schema_version": 1,
         "type": "refund",
@@ -64,7 +72,9 @@ def refund(customer_id: str, event_id: str, at: datetime, amount: str, *, margin
     return event
 
 
-def engagement(customer_id: str, event_id: str, at: datetime, action: str = "viewed") -> dict[str, Any]:
+def engagement(
+    customer_id: str, event_id: str, at: datetime, action: str = "viewed"
+) -> dict[str, Any]:
     return {
         "schema_version": 1,
         "type": "engagement",
@@ -120,7 +130,11 @@ def ground_truth(events: list[dict[str, Any]], *, min_day: int) -> dict[str, Pro
             row = [0] * 9
             if e["type"] == "purchase":
                 amount = _money(e["amount"])
-                premium = sum(_money(i["unit_price"]) * i["quantity"] for i in e.get("items", []) if i.get("tier") == "premium")
+                premium = sum(
+                    _money(i["unit_price"]) * i["quantity"]
+                    for i in e.get("items", [])
+                    if i.get("tier") == "premium"
+                )
                 row[0], row[1], row[4] = 1, amount, _money(e.get("margin"))
                 row[5] = amount if _money(e.get("discount")) > 0 else 0
                 row[6] = min(amount, premium)

@@ -32,9 +32,13 @@ async def produce(
     return ends
 
 
-async def committed(kafka: KafkaSettings, group_id: str, topic: str, partitions: Sequence[int]) -> dict[int, int]:
+async def committed(
+    kafka: KafkaSettings, group_id: str, topic: str, partitions: Sequence[int]
+) -> dict[int, int]:
     """The group's committed offsets (0 where none)."""
-    consumer = AIOKafkaConsumer(**client_options(kafka), group_id=group_id, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        **client_options(kafka), group_id=group_id, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         out = {}
@@ -50,7 +54,11 @@ async def read_topic(
 ) -> list[ConsumerRecord]:  # type: ignore[type-arg]
     """Reads from the beginning until ``at_least`` records arrived (never trusts end offsets)."""
     consumer = AIOKafkaConsumer(
-        topic, **client_options(kafka), auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
+        topic,
+        **client_options(kafka),
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
     )
     await consumer.start()
     out: list[ConsumerRecord] = []  # type: ignore[type-arg]
@@ -70,7 +78,9 @@ async def read_topic(
     return out
 
 
-async def wait_for(predicate: Callable[[], bool | Awaitable[bool]], *, timeout_s: float, what: str) -> None:
+async def wait_for(
+    predicate: Callable[[], bool | Awaitable[bool]], *, timeout_s: float, what: str
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         result = predicate()
