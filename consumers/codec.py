@@ -13,7 +13,8 @@ Checks run cheapest first, and a valid record is looked at once:
 3. the record key must be the ``customer_id`` (``key_mismatch``);
 4. everything that depends on settings, in this module only: clock skew, item count, currency,
    exact decimal places and the largest amount, while money is converted to base-currency
-   integer units (``MONEY_SCALE``) for the :class:`EventDelta`.
+   integer units (``MONEY_SCALE``) for the :class:`EventDelta`: a plain amount ("59.90") from
+   its digits, any other spelling in exact decimal arithmetic.
 
 Only a record that failed step 2 is parsed a second time, to name its reason precisely.
 """
@@ -111,7 +112,9 @@ _WIDE: Final = Context(Emax=MAX_EMAX, Emin=MIN_EMIN)
 _PLAIN_INTEGER_DIGITS: Final = 15
 """Longest integer part (with its sign) the fast money path parses: anything this short is
 cheap to turn into an int, and the bound check after it refuses what is too large."""
-_UNITS_PER_PLACES: Final = tuple(10 ** (MONEY_DECIMAL_PLACES - n) for n in range(MONEY_DECIMAL_PLACES + 1))
+_UNITS_PER_PLACES: Final[tuple[int, ...]] = tuple(
+    10 ** (MONEY_DECIMAL_PLACES - places) for places in range(MONEY_DECIMAL_PLACES + 1)
+)
 """``_UNITS_PER_PLACES[n]``: money units in one step of the n-th decimal place."""
 _DETAIL_LIMIT: Final = 300
 """Characters of ``detail`` kept (it travels in a Kafka header)."""
@@ -224,7 +227,8 @@ class EventCodec:
             + since_epoch.seconds * _MS_PER_SECOND
             + since_epoch.microseconds // _US_PER_MS
         )
-        if occurred_ms > self._horizon(now):
+        horizon_ms = self._horizon_ms if now is self._last_now else self._horizon(now)
+        if occurred_ms > horizon_ms:
             raise _Rejected(
                 Reason.TIMESTAMP_IN_FUTURE,
                 f"occurred_at: {event.occurred_at.isoformat()} is more than "
@@ -314,15 +318,13 @@ class EventCodec:
         else takes :meth:`_money_exact`, with which this agrees on every value (a property
         test holds them to it).
         """
-        text = str(value)
-        whole, _, places = text.partition(".")
-        if (
-            len(places) > MONEY_DECIMAL_PLACES
-            or len(whole) > _PLAIN_INTEGER_DIGITS
-            or "E" in text
-        ):
+        whole, _, places = str(value).partition(".")
+        if len(whole) > _PLAIN_INTEGER_DIGITS or len(places) > MONEY_DECIMAL_PLACES:
             return self._money_exact(value, rate, field, index)
-        units = int(whole + places) * _UNITS_PER_PLACES[len(places)]
+        try:
+            units = int(whole + places) * _UNITS_PER_PLACES[len(places)]
+        except ValueError:  # spelled with an exponent ("1E+2", "1.5E+3")
+            return self._money_exact(value, rate, field, index)
         if rate is None:
             base, limit = units, self._max_units
         else:
@@ -331,9 +333,7 @@ class EventCodec:
             raise self._too_large(value, rate, field, index)
         return units
 
-    def _money_exact(
-        self, value: Decimal, rate: _Rate | None, field: str, index: int = -1
-    ) -> int:
+    def _money_exact(self, value: Decimal, rate: _Rate | None, field: str, index: int = -1) -> int:
         """:meth:`_money` for any :class:`Decimal`, in exact decimal arithmetic.
 
         Nothing is rounded here, and a hostile number ("1E+999999999", 60,000 digits) costs

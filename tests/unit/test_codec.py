@@ -16,7 +16,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consumers.codec import DeadLetter, DecodedEvent, EventCodec, Reason, dead_letter_headers
+from consumers.codec import (
+    DeadLetter,
+    DecodedEvent,
+    EventCodec,
+    Reason,
+    _Rejected,
+    dead_letter_headers,
+)
 from schemas.events import EngagementEvent, PurchaseEvent, RefundEvent
 from service.segmentation.profile import MONEY_SCALE, EventDelta, Totals
 from service.settings import ValidationSettings
@@ -803,3 +810,53 @@ def test_valid_purchases_convert_exactly(
     assert result.delta.totals.spend == int(amount * MONEY_SCALE)
     assert result.delta.totals.margin == (0 if margin is None else int(margin * MONEY_SCALE))
     assert result.delta.occurred_ms == ms(at)
+
+
+# --- the fast money path agrees with the exact Decimal path ---------------------------------
+
+RATES = [None, Decimal("0.92"), Decimal("3"), Decimal("0.0062"), Decimal("1.0837")]
+DECIMAL_TEXT = st.from_regex(
+    r"-?(0|[1-9][0-9]{0,17})(\.[0-9]{0,7})?([eE][-+]?[0-9]{1,2})?", fullmatch=True
+)
+
+
+def money_outcome(convert: Callable[[], int]) -> object:
+    try:
+        return convert()
+    except _Rejected as rejected:
+        return (rejected.reason, rejected.detail)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    value=DECIMAL_TEXT.map(Decimal)
+    | st.decimals(allow_nan=False, allow_infinity=False)
+    | st.decimals(min_value=-2_000_000, max_value=2_000_000, places=4),
+    rate=st.sampled_from(RATES),
+    index=st.sampled_from([-1, 0, 3]),
+)
+def test_fast_money_path_agrees_with_the_exact_path(
+    value: Decimal, rate: Decimal | None, index: int
+) -> None:
+    codec = make_codec(currency_rates={} if rate is None else {"XTS": rate})
+    currency_rate = codec._rate(None if rate is None else "XTS")
+    fast = money_outcome(lambda: codec._money(value, currency_rate, "unit_price", index))
+    exact = money_outcome(lambda: codec._money_exact(value, currency_rate, "unit_price", index))
+    assert fast == exact
+
+
+@pytest.mark.parametrize(
+    ("amount", "units"),
+    [
+        ("1E+2", 1_000_000),
+        ("5.99E+1", 599_000),
+        ("599E-1", 599_000),
+        ("0.5990E+2", 599_000),
+        ("1.234E-1", 1_234),
+        ("000059.90", 599_000),
+        ("59.9000", 599_000),
+    ],
+)
+def test_amount_in_any_spelling_converts_exactly(amount: str, units: int) -> None:
+    record = encode(purchase(amount=amount, margin="0", discount="0", items=[]))
+    assert decoded(record).delta.totals.spend == units
