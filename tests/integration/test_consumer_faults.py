@@ -56,13 +56,19 @@ async def test_rebalance_join_and_leave_mid_stream(make_settings) -> None:  # ty
     settings = make_settings(max_batch=100)
     k = settings.kafka
     await ensure_topics(k, partitions=6)
-    events = _events(12_000, 400, seed=1)
-    chunks = [events[i : i + 300] for i in range(0, len(events), 300)]
+    pool = _events(60_000, 400, seed=1)
+    chunks = [pool[i : i + 300] for i in range(0, len(pool), 300)]
     ends: dict[int, int] = {}
+    events: list[dict] = []  # type: ignore[type-arg]
+    enough = asyncio.Event()
 
     async def traffic() -> None:
-        # Events keep arriving while consumers join and leave.
+        # Events keep arriving while consumers join and leave (brokers differ in how long a
+        # rebalance takes, so it runs until told, within a bound).
         for chunk in chunks:
+            if enough.is_set():
+                break
+            events.extend(chunk)
             got = await produce(
                 k, k.events_topic, [(e["customer_id"].encode(), encode(e)) for e in chunk]
             )
@@ -80,6 +86,8 @@ async def test_rebalance_join_and_leave_mid_stream(make_settings) -> None:  # ty
     assert not producer.done(), "traffic ended before the rebalance: make it longer"
     a.request_stop()  # leaves: B takes over A's partitions
     await asyncio.wait_for(task_a, 60)
+    await asyncio.sleep(1.0)
+    enough.set()
     await producer
 
     async def all_committed() -> bool:
