@@ -58,8 +58,12 @@ def _api(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         workers=args.workers,
+        loop="uvloop",
+        http="httptools",
         log_level=settings.log_level.lower(),
         access_log=False,
+        # behind a load balancer a worker may be handed a long keep-alive connection
+        timeout_keep_alive=30,
     )
     return 0
 
@@ -73,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     api = sub.add_parser("api", help="serve the HTTP API and dashboard")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
-    api.add_argument("--workers", type=int, default=1)
+    api.add_argument(
+        "--workers", type=int, default=1, help="uvicorn worker processes (one per core)"
+    )
     api.set_defaults(run=_api)
 
     topics = sub.add_parser("topics", help="create the Kafka topics if missing")

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -72,6 +72,56 @@ class StateSettings(BaseModel):
     """Recent event ids remembered per customer to drop producer duplicates."""
 
 
+ApiScope = Literal["segments:read", "admin"]
+
+
+class ApiKey(BaseModel):
+    """One API key, stored as the SHA-256 of the key (the key itself is never configured)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:@-]+$")
+    """Who holds the key (logged and shown in metrics; the key never is)."""
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    """Hex SHA-256 of the key, e.g. ``printf %s "$KEY" | sha256sum``."""
+    scopes: tuple[ApiScope, ...] = Field(min_length=1)
+    """``segments:read`` for reads; ``admin`` implies every scope."""
+
+    @field_validator("sha256")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.lower()
+
+
+class ApiSettings(BaseModel):
+    """The HTTP API (``segments api``). Keys as JSON, e.g.
+    ``SEGMENTS_API__KEYS='[{"name":"checkout","sha256":"<hex>","scopes":["segments:read"]}]'``."""
+
+    keys: tuple[ApiKey, ...] = ()
+    """Accepted API keys. With none configured every protected call is refused (401) unless
+    ``auth_disabled`` is set."""
+    auth_disabled: bool = False
+    """Serve protected endpoints without a key (local development only)."""
+    docs: bool = True
+    """Serve ``/docs`` and ``/openapi.json``."""
+    metrics: bool = True
+    """Serve Prometheus ``/metrics`` (open, like the health checks)."""
+    cors_origins: tuple[str, ...] = ()
+    """Origins allowed by CORS; none (the default) adds no CORS headers at all."""
+    max_body_bytes: int = Field(default=262_144, ge=1_024)
+    """Request bodies larger than this are refused (413); 256 KiB by default."""
+    retry_after_s: int = Field(default=1, ge=1)
+    """``Retry-After`` sent with 503 when Redis is unavailable, seconds."""
+
+    @field_validator("keys")
+    @classmethod
+    def _distinct_names(cls, keys: tuple[ApiKey, ...]) -> tuple[ApiKey, ...]:
+        names = [k.name for k in keys]
+        if len(set(names)) != len(names):
+            raise ValueError("key names must be distinct")
+        return keys
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SEGMENTS_",
@@ -84,6 +134,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     state: StateSettings = Field(default_factory=StateSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
     rules_file: Path | None = None
     """Rules YAML to use; the packaged default when unset."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

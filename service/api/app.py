@@ -1,0 +1,104 @@
+"""The API assembled in one place: ``create_app`` (uvicorn factory) and its lifespan.
+
+``segments api`` runs ``uvicorn --factory service.api.app:create_app``; each worker builds
+its own app from the environment. Tests pass settings and a clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from service.api.auth import KeyRing
+from service.api.deps import Clock, RulesProvider, StaticRules, utc_now
+from service.api.errors import install_error_handlers
+from service.api.limits import BodyLimitMiddleware
+from service.api.metrics import ApiMetrics, MetricsMiddleware
+from service.api.routes import customers, health, segments
+from service.api.routes import rules as rules_routes
+from service.segmentation.rules import load_rules
+from service.settings import ApiSettings, Settings, get_settings
+from service.store.keys import Keys
+from service.store.reads import StateReader
+from service.store.redis_client import create_redis
+
+API_VERSION = "1.0.0"
+
+DESCRIPTION = """\
+Segment and treatment of every customer, classified from the live Redis state.
+
+* A customer is classified afresh on every read: an answer is never stale.
+* Authentication: `Authorization: Bearer <API key>`; keys are configured hashed with scopes
+  (`segments:read`; `admin` implies it). `/healthz`, `/readyz`, `/metrics` are open.
+* Every error answers `{"error": {"code", "message", "details"}}` with a stable `code`.
+* Unknown customer: `404 customer_not_found`, or `?default=true` for `200` with
+  `known: false` and the default treatment (the treatment of the rules' last, catch-all segment).
+"""
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    clock: Clock | None = None,
+    rules: RulesProvider | None = None,
+) -> FastAPI:
+    """The API. ``settings`` default to the environment; ``clock`` to the system clock (UTC);
+    ``rules`` to the rules file of the settings (or the packaged default)."""
+    settings = settings or get_settings()
+    api = settings.api
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = create_redis(settings.redis)
+        app.state.reader = StateReader(redis, Keys(settings.redis.key_prefix))
+        try:
+            yield
+        finally:
+            await redis.aclose()
+
+    app = FastAPI(
+        title="Customer segments API",
+        version=API_VERSION,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs" if api.docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if api.docs else None,
+    )
+    app.state.settings = settings
+    app.state.keyring = KeyRing(api)
+    app.state.clock = clock or utc_now
+    # Loaded now, not in the lifespan: a bad rules file stops the process at start.
+    app.state.rules = rules or StaticRules(load_rules(settings.rules_file))
+    app.state.metrics = ApiMetrics()
+
+    install_error_handlers(app)
+    app.include_router(customers.router)
+    app.include_router(segments.router)
+    app.include_router(rules_routes.router)
+    app.include_router(health.router)
+    if api.metrics:
+        app.include_router(health.metrics_router)
+
+    # Outermost last: metrics see every answer, including refused bodies and CORS preflights.
+    if api.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(api.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=api.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app
+
+
+def openapi_document() -> dict[str, Any]:
+    """The spec as published (``schemas/openapi.json``): docs and metrics on, no keys needed."""
+    # Explicit groups win over the environment: the document never depends on where it is made.
+    settings = Settings(_env_file=None, api=ApiSettings())  # type: ignore[call-arg]
+    return create_app(settings, rules=StaticRules(load_rules(None))).openapi()

@@ -1,0 +1,156 @@
+"""``/v1/segments``: batch reads, definitions with live counts, member listings."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import Response
+
+from consumers.segmenter import min_day_for, treatment_of
+from schemas.api import (
+    CURSOR_PATTERN,
+    DEFAULT_PAGE,
+    ID_PATTERN,
+    MAX_PAGE,
+    SEGMENT_NAME_PATTERN,
+    BatchGetRequest,
+    BatchGetResponse,
+    SegmentList,
+    SegmentMembers,
+)
+from service.api.bodies import segment_body, unknown_body
+from service.api.deps import NowDep, ReaderDep, ReadKey, RulesDep
+from service.api.errors import InvalidCursor, SegmentNotFound
+from service.api.routes._common import PROTECTED, errors, json_response
+from service.api.routes.customers import DefaultFlag
+from service.store.keys import SHARDS
+from service.store.packing import decode_customer
+from service.store.reads import MemberPosition
+
+router = APIRouter(prefix="/v1/segments", tags=["segments"])
+
+_MEMBER = re.compile(ID_PATTERN)
+
+
+@router.post(
+    ":batch-get",
+    response_model=BatchGetResponse,
+    responses=errors(*PROTECTED, 413),
+    summary="Segments of up to 1,000 customers in one call",
+)
+async def batch_get(
+    request: BatchGetRequest,
+    _: ReadKey,
+    reader: ReaderDep,
+    rules: RulesDep,
+    now: NowDep,
+    default: DefaultFlag = False,
+) -> Response:
+    """One Redis round trip. Results in request order, one per requested id (a duplicate id is
+    answered at each of its positions); unknown ids have `known: false` (and the default
+    treatment with `default=true`). More than 1,000 ids: 413 `batch_too_large`."""
+    ids = request.customer_ids
+    distinct = list(dict.fromkeys(ids))
+    min_day = min_day_for(now, rules)
+    bodies: dict[str, dict[str, Any]] = {}
+    for cid, fields in zip(distinct, await reader.customers(distinct), strict=True):
+        profile = decode_customer(cid, fields, min_day=min_day).profile if fields else None
+        if profile is not None and profile.known:
+            bodies[cid] = segment_body(profile, rules, now)
+        else:
+            bodies[cid] = unknown_body(cid, rules, now, with_default=default)
+    return json_response({"results": [bodies[cid] for cid in ids]})
+
+
+@router.get(
+    "",
+    response_model=SegmentList,
+    responses=errors(*PROTECTED),
+    summary="Segment definitions of the active rules, with live member counts",
+)
+async def list_segments(_: ReadKey, reader: ReaderDep, rules: RulesDep) -> Response:
+    """Counts are summed over every shard's counts (one pipelined round trip) and follow the
+    stored segmentations, which the consumer and the sweeper keep current."""
+    counts = await reader.segment_counts()
+    segments = []
+    for rule in rules.segments:
+        t = treatment_of(rules, rule.treatment)
+        segments.append(
+            {
+                "name": rule.name,
+                "description": rule.description,
+                "treatment": {
+                    "id": t.id,
+                    "discount_pct": t.discount_pct,
+                    "free_shipping": t.free_shipping,
+                    "support_queue": t.support_queue,
+                    "campaign": t.campaign,
+                    "channel": t.channel,
+                    "offer": t.offer,
+                },
+                "members": max(0, counts.pop(rule.name, 0)),
+            }
+        )
+    other = sum(max(0, n) for n in counts.values())
+    return json_response(
+        {"rules_version": rules.version, "segments": segments, "other_members": other}
+    )
+
+
+def encode_cursor(position: MemberPosition) -> str:
+    raw = f"{position.shard}|{position.after}".encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str) -> MemberPosition:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        shard_text, after = raw.split("|", 1)
+        shard = int(shard_text)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidCursor("cursor is not one this API returned") from None
+    if not 0 <= shard < SHARDS or (after and not _MEMBER.match(after)) or shard_text != str(shard):
+        raise InvalidCursor("cursor is not one this API returned")
+    return MemberPosition(shard, after)
+
+
+@router.get(
+    "/{name}/customers",
+    response_model=SegmentMembers,
+    responses=errors(*PROTECTED, 400, 404),
+    summary="Members of a segment, cursor-paginated",
+)
+async def list_members(
+    name: Annotated[
+        str, Path(pattern=SEGMENT_NAME_PATTERN, description="A segment of the active rules.")
+    ],
+    _: ReadKey,
+    reader: ReaderDep,
+    rules: RulesDep,
+    cursor: Annotated[
+        str | None,
+        Query(
+            pattern=CURSOR_PATTERN,
+            description="`next_cursor` of the previous page; omit for the first page.",
+        ),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = DEFAULT_PAGE,
+) -> Response:
+    """Walks the shards in order and each shard's members in sorted order: every customer
+    that stays in the segment while the listing runs is returned exactly once, so a
+    million-member segment can be exported page by page. `next_cursor` null: done."""
+    if all(rule.name != name for rule in rules.segments):
+        raise SegmentNotFound(f"no segment {name!r} in rules {rules.version}")
+    start = MemberPosition(0) if cursor is None else decode_cursor(cursor)
+    page = await reader.members_page(name, start, limit)
+    return json_response(
+        {
+            "segment": name,
+            "customers": page.members,
+            "next_cursor": None if page.next is None else encode_cursor(page.next),
+        }
+    )
