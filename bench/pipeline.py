@@ -70,8 +70,8 @@ def consumer_env(
         SEGMENTS_REDIS__URL=redis_url,
         SEGMENTS_REDIS__KEY_PREFIX=f"b{run}:",
         SEGMENTS_LOG_LEVEL="INFO",
-        **extra,
     )
+    env.update(extra)
     return env
 
 
@@ -148,6 +148,80 @@ def run_ours(
     }
 
 
+def run_latency(
+    bootstrap: str,
+    redis_url: str,
+    *,
+    rate: int,
+    seconds: float,
+    customers: int,
+    log_dir: Path,
+    overrides: dict[str, str],
+    state_run: str | None,
+) -> dict[str, Any]:
+    """A steady ``rate`` of events/s for ``seconds``; the consumer reports the latency from each
+    record's creation to its segments written and offsets committed.
+
+    With ``state_run`` the consumer works on the state the throughput runs built (the same
+    customers, already known), as a live system would; otherwise on an empty store."""
+    import orjson
+    from confluent_kafka import Producer
+
+    run = uuid.uuid4().hex[:8]
+    topic = f"bench.{run}.latency"
+    generate.create_topic(bootstrap, topic, 8)
+    env = consumer_env(bootstrap, redis_url, topic, run, **overrides)
+    if state_run:
+        env["SEGMENTS_REDIS__KEY_PREFIX"] = f"b{state_run}:"
+    partitions = list(range(8))
+    log_path = log_dir / f"consumer-latency-{run}.log"
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2, "acks": "all"})
+    events = generate.iter_events(int(rate * seconds) + 1, customers, seed=7, now=datetime.now(UTC))
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "consume"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            # Warm-up: one event through, so the group has joined before the clock starts.
+            key, value = next(events)
+            producer.produce(topic, value, key)
+            producer.flush(10)
+            deadline = time.monotonic() + 60
+            while committed_total(bootstrap, f"bench-{run}", topic, partitions) < 1:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"consumer never committed; see {log_path}")
+                time.sleep(0.2)
+            sent = 1
+            start = time.monotonic()
+            for key, value in events:
+                producer.produce(topic, value, key)
+                sent += 1
+                ahead = (sent - 1) / rate - (time.monotonic() - start)
+                if ahead > 0.002:
+                    producer.poll(0)
+                    time.sleep(ahead)
+            producer.flush(30)
+            deadline = time.monotonic() + 120
+            while committed_total(bootstrap, f"bench-{run}", topic, partitions) < sent:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("consumer did not catch up")
+                time.sleep(0.2)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+    summary: dict[str, Any] = {}
+    for line in log_path.read_text().splitlines():
+        if '"consumer stopped"' in line:
+            summary = orjson.loads(line)
+    summary["sent"] = sent
+    summary["achieved_rate"] = (sent - 1) / (time.monotonic() - start)
+    return summary
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, default=1_000_000)
@@ -164,6 +238,8 @@ def main() -> int:
         help="consumer setting for our runs, e.g. SEGMENTS_KAFKA__LANES=1",
     )
     ap.add_argument("--topic", help="reuse an already-populated topic")
+    ap.add_argument("--latency-rate", type=int, default=5000, help="events/s; 0 skips the phase")
+    ap.add_argument("--latency-seconds", type=float, default=30.0)
     args = ap.parse_args()
     bootstrap = os.environ["SEGMENTS_KAFKA_BOOTSTRAP"]
     redis_url = os.environ["SEGMENTS_REDIS_URL"]
@@ -198,9 +274,31 @@ def main() -> int:
             f"used_memory/customer {res['used_memory_per_customer_b']:.0f} B",
             flush=True,
         )
+        if i + 1 < args.runs:
+            redis.Redis.from_url(redis_url).flushall()
+    ours = statistics.median(r["events_per_s"] for r in results) if results else 0.0
+    if results:
+        print(f"ours: median {ours:,.0f} events/s over {args.runs} runs", flush=True)
+
+    if args.latency_rate:
+        lat = run_latency(
+            bootstrap,
+            redis_url,
+            rate=args.latency_rate,
+            seconds=args.latency_seconds,
+            customers=args.customers,
+            log_dir=log_dir,
+            overrides=overrides,
+            state_run=results[-1]["run"] if results else None,
+        )
+        print(
+            f"latency at {lat['achieved_rate']:,.0f} events/s steady ({lat['sent']:,} events): "
+            f"produce -> segment written p50 {lat.get('latency_p50_ms')} ms, "
+            f"p99 {lat.get('latency_p99_ms')} ms ({lat.get('latency_samples')} samples, "
+            f"{'on the customers loaded above' if results else 'on an empty store'})",
+            flush=True,
+        )
         redis.Redis.from_url(redis_url).flushall()
-    ours = statistics.median(r["events_per_s"] for r in results)
-    print(f"ours: median {ours:,.0f} events/s over {args.runs} runs", flush=True)
 
     if not args.skip_peer:
         out = subprocess.run(

@@ -72,9 +72,12 @@ class Reason(StrEnum):
     """Anything else: unknown field, value not allowed, string too long, ..."""
 
 
-@dataclass(frozen=True, slots=True)
-class DecodedEvent:
-    """A record that passed every check."""
+class DecodedEvent(NamedTuple):
+    """A record that passed every check.
+
+    A named tuple, not a dataclass: one is made per record, and a tuple is about half the
+    cost of a frozen dataclass to build (~0.2 us a record).
+    """
 
     event: Event
     """The validated event (a member of the :data:`schemas.events.Event` union)."""

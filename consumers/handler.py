@@ -18,6 +18,7 @@ an event that is not applied.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -61,6 +62,9 @@ class BatchStats:
     dead_lettered: int = 0
     changes: int = 0
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    decode_s: float = 0.0
+    apply_s: float = 0.0
+    settle_s: float = 0.0
 
 
 class BatchHandler:
@@ -93,6 +97,7 @@ class BatchHandler:
         sources: dict[str, tuple[str, Record]] = {}
         dead: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
 
+        t0 = time.perf_counter()
         # 1. decode; dead letters keep their original bytes and say where they came from
         for rec in records:
             decoded = self._codec.decode(rec.key, rec.value, now=now)
@@ -121,11 +126,15 @@ class BatchHandler:
                 # 2. apply + read back, one round trip, retried until Redis answers
                 rules = self._rules()
                 min_day = min_day_for(now, rules)
+                t1 = time.perf_counter()
+                stats.decode_s = t1 - t0
                 outcomes, states = await self._retry(
                     lambda: self._store.apply(requests, min_day=min_day), "apply"
                 )
                 stats.applied = sum(1 for o in outcomes if o == APPLIED)
                 stats.duplicates = sum(1 for o in outcomes if o == SKIPPED_DUPLICATE)
+                t2 = time.perf_counter()
+                stats.apply_s = t2 - t1
 
                 # 3–5. classify, produce changes (acked), write segments; a change names the
                 # customer's last event of the batch as its trigger, built only when needed
@@ -149,6 +158,7 @@ class BatchHandler:
                 )
                 stats.changes = len(result.changes)
                 await self._retry(lambda: self._store.trim(list(states.values())), "trim")
+                stats.settle_s = time.perf_counter() - t2
         finally:
             if dead_sent is not None:
                 await dead_sent  # the dead letters must be durable before the runner commits

@@ -10,10 +10,12 @@ is fenced by the per-customer watermark in Redis.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import gc
 import logging
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -104,8 +106,23 @@ class ConsumerApp:
         self.clock = clock
         self.stopping = asyncio.Event()
         self.totals = ConsumerTotals()
+        self.latency_ms: collections.deque[float] = collections.deque(maxlen=200_000)
         self.assigned = asyncio.Event()
         self._locks = [asyncio.Lock() for _ in range(settings.kafka.lanes)]
+
+    def latency_summary(self) -> dict[str, float]:
+        """Quantiles of the recent end-to-end latencies, milliseconds."""
+        if not self.latency_ms:
+            return {}
+        ordered = sorted(self.latency_ms)
+        def pick(q: float) -> float:
+            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+        return {
+            "latency_samples": len(ordered),
+            "latency_p50_ms": pick(0.5),
+            "latency_p99_ms": pick(0.99),
+        }
 
     def request_stop(self) -> None:
         self.stopping.set()
@@ -179,7 +196,8 @@ class ConsumerApp:
             for store in stores:
                 await store.aclose()
             await redis.aclose()
-            log.info("consumer stopped", extra={"records": self.totals.records})
+            summary = {"records": self.totals.records, **self.latency_summary()}
+            log.info("consumer stopped", extra=summary)
 
     async def _lane(self, lane: int, consumer: AIOKafkaConsumer, handler: BatchHandler) -> None:
         """One of ``kafka.lanes`` loops, each over its own share of the assigned partitions
@@ -207,6 +225,7 @@ class ConsumerApp:
                 records = [r for recs in batches.values() for r in recs]
                 stats = await self._handle(handler, records)
                 offsets = {tp: recs[-1].offset + 1 for tp, recs in batches.items()}
+                t_commit = time.perf_counter()
                 try:
                     await consumer.commit(offsets)
                 except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
@@ -214,6 +233,24 @@ class ConsumerApp:
                     self.totals.commit_failures += 1
                     log.warning("commit refused", extra={"error": type(exc).__name__})
                 self.totals.add(stats)
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug(
+                        "batch",
+                        extra={
+                            "lane": lane,
+                            "records": stats.records,
+                            "applied": stats.applied,
+                            "changes": stats.changes,
+                            "decode_ms": round(stats.decode_s * 1000, 1),
+                            "apply_ms": round(stats.apply_s * 1000, 1),
+                            "settle_ms": round(stats.settle_s * 1000, 1),
+                            "commit_ms": round((time.perf_counter() - t_commit) * 1000, 1),
+                        },
+                    )
+                # End-to-end latency: record creation (producer clock) to segments written and
+                # offsets committed; one sample per record, most recent kept.
+                done_ms = time.time() * 1000
+                self.latency_ms.extend(done_ms - r.timestamp for r in records if r.timestamp > 0)
 
     async def _handle(self, handler: BatchHandler, records: list) -> BatchStats:  # type: ignore[type-arg]
         """Handles a batch until done; a failed produce retries the whole (idempotent) batch."""
