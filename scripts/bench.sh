@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Benchmarks against real services started here: `make bench-pipeline` (and others to come).
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+python="${PYTHON:-python3}"
+what="${1:-pipeline}"; shift || true
+state="$(mktemp -d /tmp/segments-bench.XXXXXX)"
+cleanup() { "$python" scripts/services.py --state-dir "$state" stop all >/dev/null 2>&1 || true; rm -rf "$state"; }
+trap cleanup EXIT INT TERM
+"$python" scripts/services.py --state-dir "$state" start kafka redis
+eval "$("$python" scripts/services.py --state-dir "$state" env)"
+case "$what" in
+    pipeline) "$python" bench/pipeline.py "$@" ;;
+    *) echo "unknown benchmark: $what" >&2; exit 2 ;;
+esac
