@@ -19,6 +19,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class ValidationSettings(BaseModel):
     """Bounds every incoming event must respect (else it is dead-lettered)."""
 
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+
     max_record_bytes: int = Field(default=65_536, ge=256)
     """Records larger than this are dead-lettered unparsed."""
     max_amount: Decimal = Field(default=Decimal("1000000"), gt=0)
@@ -26,22 +29,36 @@ class ValidationSettings(BaseModel):
     max_future_skew_s: int = Field(default=300, ge=0)
     """How far ``occurred_at`` may lie ahead of the consumer's clock, seconds."""
     max_items: int = Field(default=500, ge=1)
+    """Most line items one purchase may carry."""
     base_currency: str = "EUR"
+    """Currency every amount is kept in."""
     currency_rates: dict[str, Decimal] = Field(default_factory=dict)
     """Rates to the base currency, e.g. ``{"USD": "0.92"}``; other currencies are refused."""
 
 
 class KafkaSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     bootstrap: str = "localhost:9092"
+    """Kafka bootstrap servers, comma-separated ``host:port``."""
     events_topic: str = "customer.events"
+    """Incoming purchase/refund/engagement events, keyed by customer_id."""
     changes_topic: str = "customer.segment-changes"
+    """Outgoing segment-change events, keyed by customer_id."""
     dlq_topic: str = "customer.events.dlq"
+    """Dead letters: invalid records with their original bytes and the reason in headers."""
     group_id: str = "segments-consumer"
+    """Consumer group of ``segments consume``; instances share the partitions."""
     client_id: str = "segments"
+    """Client id reported to the brokers."""
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """Kafka security protocol."""
     sasl_mechanism: str | None = None
+    """SASL mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) with a SASL protocol."""
     sasl_username: str | None = None
+    """SASL user name."""
     sasl_password: SecretStr | None = None
+    """SASL password (never logged)."""
     idempotent_producer: bool = False
     """Kafka producer idempotence. Not needed for correctness (change events carry a
     deterministic ``change_id``; state is applied exactly once regardless); off by default
@@ -52,22 +69,34 @@ class KafkaSettings(BaseModel):
     """Concurrent batch loops in one consumer, each over partitions ``p % lanes``; one lane
     computes while another waits on Redis or Kafka."""
     poll_timeout_ms: int = Field(default=200, ge=1)
+    """How long one poll waits for records when none are buffered, milliseconds."""
     max_poll_interval_ms: int = Field(default=300_000, ge=1_000)
+    """A consumer slower than this between polls is taken out of the group."""
     session_timeout_ms: int = Field(default=10_000, ge=1_000)
+    """A consumer silent for this long is declared dead and its partitions move."""
 
 
 class RedisSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     url: str = "redis://localhost:6379/0"
+    """``redis://[user:password@]host:port/db``; ``rediss://`` for TLS."""
     cluster: bool = False
     """Use the cluster-aware client (Redis Cluster)."""
     key_prefix: str = ""
     """Prefix of every key; lets a replay build state beside the live one."""
     retry_initial_s: float = Field(default=0.1, gt=0)
+    """First back-off when Redis fails; doubles per attempt (with jitter)."""
     retry_max_s: float = Field(default=5.0, gt=0)
+    """Longest back-off between attempts; the consumer retries forever and never commits past
+    an unapplied event."""
     socket_timeout_s: float = Field(default=5.0, gt=0)
+    """Connect and reply timeout of every Redis call, seconds."""
 
 
 class StateSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     event_id_ring: int = Field(default=8, ge=1, le=64)
     """Recent event ids remembered per customer to drop producer duplicates."""
 
@@ -97,6 +126,9 @@ class ApiSettings(BaseModel):
     """The HTTP API (``segments api``). Keys as JSON, e.g.
     ``SEGMENTS_API__KEYS='[{"name":"checkout","sha256":"<hex>","scopes":["segments:read"]}]'``."""
 
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+
     keys: tuple[ApiKey, ...] = ()
     """Accepted API keys. With none configured every protected call is refused (401) unless
     ``auth_disabled`` is set."""
@@ -124,6 +156,7 @@ class ApiSettings(BaseModel):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
+        use_attribute_docstrings=True,
         env_prefix="SEGMENTS_",
         env_nested_delimiter="__",
         env_file=".env",
@@ -138,6 +171,7 @@ class Settings(BaseSettings):
     rules_file: Path | None = None
     """Rules YAML to use; the packaged default when unset."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """JSON logs on stderr at this level."""
 
     # Flat aliases for the two settings everyone sets.
     kafka_bootstrap: str | None = None
