@@ -27,7 +27,11 @@ echo "==> services: $broker, redis"
 "$python" scripts/services.py --state-dir "$state" start "$broker" redis
 eval "$("$python" scripts/services.py --state-dir "$state" env)"
 if [[ "$broker" == tansu ]]; then export SEGMENTS_KAFKA_BOOTSTRAP="$SEGMENTS_TANSU_BOOTSTRAP"; fi
-export SEGMENTS_API__KEYS="${SEGMENTS_API__KEYS:-}"
+# A fresh admin key for this demo run (only its SHA-256 is configured, as in production).
+demo_key="${SEGMENTS_DEMO_KEY:-demo-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
+demo_key_sha="$(printf %s "$demo_key" | sha256sum | cut -d' ' -f1)"
+demo_keys="$(printf '[{"name":"demo","sha256":"%s","scopes":["admin"]}]' "$demo_key_sha")"
+export SEGMENTS_API__KEYS="${SEGMENTS_API__KEYS:-$demo_keys}"
 
 "$python" -m service.cli topics
 "$python" -m service.cli consume >"$state/consumer.log" 2>&1 & pids+=($!)
@@ -38,10 +42,10 @@ export SEGMENTS_API__KEYS="${SEGMENTS_API__KEYS:-}"
 cat <<TXT
 
   Customer segmentation demo is running.
-    Dashboard        http://127.0.0.1:$port/
     API docs         http://127.0.0.1:$port/docs
-    A customer       http://127.0.0.1:$port/v1/customers/c-000001/segment
-    Segments         http://127.0.0.1:$port/v1/segments
+    API key          $demo_key
+    A customer       curl -H "Authorization: Bearer $demo_key" http://127.0.0.1:$port/v1/customers/c-000001/segment
+    Segments         curl -H "Authorization: Bearer $demo_key" http://127.0.0.1:$port/v1/segments
     Metrics          http://127.0.0.1:$port/metrics
     Kafka            $SEGMENTS_KAFKA_BOOTSTRAP ($broker)     Redis  $SEGMENTS_REDIS_URL
     Logs             $state/{consumer,api,demo}.log

@@ -103,9 +103,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
     from service.logs import configure_logging
 
-    configure_logging(get_settings().log_level)
+    try:
+        settings = get_settings()
+    except ValidationError as invalid:
+        # Fail fast and say which variable is wrong (values are not echoed: they may be secret).
+        print("segments: invalid configuration", file=sys.stderr)
+        for error in invalid.errors():
+            where = "SEGMENTS_" + "__".join(str(p).upper() for p in error["loc"])
+            print(f"  {where}: {error['msg']}", file=sys.stderr)
+        sys.exit(2)
+    except SettingsError as unreadable:  # e.g. a JSON-valued variable that is not JSON
+        print(f"segments: invalid configuration: {unreadable}", file=sys.stderr)
+        sys.exit(2)
+    configure_logging(settings.log_level)
     sys.exit(args.run(args))
 
 
