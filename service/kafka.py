@@ -10,6 +10,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.partitioner import murmur2
 
 from service.settings import KafkaSettings
 
@@ -67,14 +68,52 @@ async def ensure_topics(settings: KafkaSettings, *, partitions: int = 8) -> None
 
 
 class ProducerSink:
-    """Change events and dead letters through one idempotent producer; waits for every ack."""
+    """Change events and dead letters through one idempotent producer; waits for every ack.
+
+    Change events are packed into one record batch per partition (``producer.send`` costs
+    ~20 µs a record; appending to a batch a few). Partitions are chosen like the Java client's
+    default partitioner (murmur2 of the key), so a customer's changes stay in order on one
+    partition whatever produced them.
+    """
+
+    _CACHE_MAX = 1_000_000
+    """Customer keys whose partition is remembered (murmur2 in Python costs ~5 µs)."""
 
     def __init__(self, producer: AIOKafkaProducer) -> None:
         self._producer = producer
+        self._partition_of: dict[tuple[int, bytes], int] = {}
 
     async def send_all(self, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-        send = self._producer.send
-        futures = [await send(topic, value, key=key) for key, value in records]
+        if not records:
+            return
+        producer = self._producer
+        count = len(await producer.partitions_for(topic))
+        cache = self._partition_of
+        if len(cache) > self._CACHE_MAX:
+            cache.clear()
+        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+        for key, value in records:
+            partition = cache.get((count, key))
+            if partition is None:
+                partition = cache[(count, key)] = (murmur2(key) & 0x7FFFFFFF) % count
+            group = by_partition.get(partition)
+            if group is None:
+                by_partition[partition] = [(key, value)]
+            else:
+                group.append((key, value))
+        futures = []
+        for partition, group in by_partition.items():
+            batch = producer.create_batch()
+            for key, value in group:
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        # larger than a whole batch: let send() place it alone
+                        futures.append(await producer.send(topic, value, key=key))
+                        batch = producer.create_batch()
+            if batch.record_count():
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*futures)
 
     async def send_dead_letters(
