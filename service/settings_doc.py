@@ -61,7 +61,11 @@ def _rows(model: type[BaseModel], prefix: str) -> list[str]:
 
 
 def settings_table() -> str:
-    lines = ["| variable | default | meaning |", "| --- | --- | --- |", *_rows(Settings, "SEGMENTS_")]
+    lines = [
+        "| variable | default | meaning |",
+        "| --- | --- | --- |",
+        *_rows(Settings, "SEGMENTS_"),
+    ]
     return "\n".join(lines)
 
 
