@@ -23,7 +23,10 @@ DEFAULT_PAGE: Final = 100
 SEGMENT_NAME_PATTERN: Final = r"^[a-z][a-z0-9_]{0,63}$"
 """Segment names as the rules define them."""
 MONEY_PATTERN: Final = r"^-?[0-9]+\.[0-9]{2}$"
-CURSOR_PATTERN: Final = r"^[A-Za-z0-9_-]{1,400}$"
+CURSOR_PATTERN: Final = r"^(0[0-9]{3}|10[01][0-9]|102[0-3])(:[A-Za-z0-9._:@-]{1,128})?$"
+"""``<shard>`` or ``<shard>:<last member>``: a shard 0000-1023 (SHARDS is fixed at install) and
+the last member returned from it. Every string of this shape is a valid position, so a cursor
+needs no other check."""
 
 __all__ = ["ID_PATTERN", "Id"]
 
@@ -55,7 +58,7 @@ class ErrorBody(BaseModel):
 
     code: str
     """Stable, machine-readable: ``unauthorized``, ``forbidden``, ``validation_failed``,
-    ``customer_not_found``, ``segment_not_found``, ``invalid_cursor``, ``batch_too_large``,
+    ``customer_not_found``, ``segment_not_found``, ``batch_too_large``,
     ``body_too_large``, ``not_found``, ``method_not_allowed``, ``store_unavailable``,
     ``internal``."""
     message: str

@@ -65,11 +65,6 @@ class SegmentNotFound(ApiError, NotFound):
     code = "segment_not_found"
 
 
-class InvalidCursor(ApiError):
-    status = 400
-    code = "invalid_cursor"
-
-
 class BodyTooLarge(ApiError):
     status = 413
     code = "body_too_large"
@@ -128,8 +123,10 @@ def _validation_response(exc: RequestValidationError) -> Response:
         e.get("type") == "too_long" and tuple(e.get("loc", ())) == ("body", "customer_ids")
         for e in errors
     ):
+        # 422 (not 413): the body is well-formed but breaks the documented maxItems, and
+        # clients and tools treat schema violations as 422; the code says what it is.
         return error_response(
-            413,
+            422,
             "batch_too_large",
             f"at most {MAX_BATCH_IDS} customer ids per batch-get",
             details,
@@ -158,6 +155,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            # FastAPI could not read the body (e.g. JSON that is not UTF-8): a request as
+            # invalid as malformed JSON, which it answers 422, so answer the same.
+            return error_response(
+                422,
+                "validation_failed",
+                "the request is not valid",
+                [{"field": "body", "message": "not JSON in UTF-8"}],
+            )
         code = _STARLETTE_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
         return error_response(exc.status_code, code, message, headers=exc.headers)

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -26,6 +26,8 @@ from service.store.redis_client import create_redis
 from tests.support.events import Rec, encode
 
 RULES = load_rules(None)
+NOW_UTC = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+"""A fixed instant for tests that do not care which."""
 
 
 @dataclass

@@ -22,12 +22,12 @@ CustomerId = Annotated[
 ]
 
 _DESCRIPTIONS = {
-    400: "Bad request (`invalid_cursor`).",
     401: "No API key, an unknown one, or none configured on the server (`unauthorized`).",
     403: "The API key lacks the scope (`forbidden`).",
     404: "Not found (`customer_not_found`, `segment_not_found`).",
-    413: "Request body or batch too large (`body_too_large`, `batch_too_large`).",
-    422: "Invalid request; `details` name each field (`validation_failed`).",
+    413: "Request body larger than the configured cap (`body_too_large`).",
+    422: "Invalid request; `details` name each field (`validation_failed`; "
+    "`batch_too_large` over 1,000 ids).",
     503: "Redis unavailable (`store_unavailable`); retry after `Retry-After` seconds.",
 }
 _HEADERS: dict[int, dict[str, Any]] = {
