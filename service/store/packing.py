@@ -25,10 +25,10 @@ _N_TOTALS = 9
 
 
 def encode_totals(totals: Totals) -> str:
-    values = list(totals.as_tuple())
-    while len(values) > 1 and values[-1] == 0:
-        values.pop()
-    return ",".join(map(str, values))
+    text = ",".join(map(str, totals))
+    while text.endswith(",0"):  # trailing zeros dropped
+        text = text[:-2]
+    return text
 
 
 _PAD = [[0] * n for n in range(_N_TOTALS + 1)]

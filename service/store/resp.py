@@ -70,13 +70,18 @@ class RespPipeline:
         """Sends all commands in one write; returns every reply (error replies included)."""
         if not commands:
             return []
-        payload = pack(commands)
+        return await self.execute_packed(pack(commands), len(commands))
+
+    async def execute_packed(self, payload: bytes, count: int) -> list[Any]:
+        """Sends ``count`` commands already in RESP (see :func:`pack`) in one write."""
+        if not count:
+            return []
         async with self._lock:
             try:
                 reader, writer = await self._connected()
                 writer.write(payload)
                 await writer.drain()
-                return await asyncio.wait_for(self._read(reader, len(commands)), self._timeout)
+                return await asyncio.wait_for(self._read(reader, count), self._timeout)
             except TimeoutError as exc:
                 await self.aclose()
                 raise RedisTimeoutError(
