@@ -15,6 +15,7 @@ the same deterministic ``change_id``. Nothing is lost; a repeat can be dropped d
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ import orjson
 from service.errors import WriteConflict
 from service.segmentation.classifier import classify
 from service.segmentation.rules import Rules
-from service.segmentation.types import Cause, Segmentation, Treatment
+from service.segmentation.types import Axes, Cause, Segmentation, Treatment
 from service.store.packing import (
     CustomerState,
     StoredSegmentation,
@@ -91,15 +92,50 @@ class SettleResult:
     """The change events produced, as published (JSON objects)."""
 
 
+@functools.lru_cache(maxsize=4096)
 def _iso(instant: datetime) -> str:
+    # Few distinct instants per batch (its ``now``, day starts), thousands of uses: memoised.
     return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_ms(ms: int) -> str:
+    return _iso(from_epoch_ms(ms))
 
 
 def segmentation_json(seg: Segmentation) -> dict[str, object]:
     """A segmentation as published (the shape of :class:`schemas.changes.SegmentationOut`)."""
-    a, t = seg.axes, seg.treatment
+    t = seg.treatment
+    return _segmentation_json(
+        seg.segment,
+        seg.axes,
+        {
+            "id": t.id,
+            "discount_pct": t.discount_pct,
+            "free_shipping": t.free_shipping,
+            "support_queue": t.support_queue,
+            "campaign": t.campaign,
+            "channel": t.channel,
+            "offer": t.offer,
+        },
+        list(seg.reasons),
+        seg.rules_version,
+        _iso(seg.as_of),
+        None if seg.next_review_at is None else _iso(seg.next_review_at),
+    )
+
+
+def _segmentation_json(
+    segment: str,
+    a: Axes,
+    treatment: dict[str, object],
+    reasons: list[str],
+    rules_version: str,
+    as_of: str,
+    next_review_at: str | None,
+) -> dict[str, object]:
     return {
-        "segment": seg.segment,
+        "segment": segment,
         "axes": {
             "lifecycle": a.lifecycle,
             "value_tier": a.value_tier,
@@ -112,19 +148,11 @@ def segmentation_json(seg: Segmentation) -> dict[str, object]:
             "aov": a.aov,
             "profit": a.profit,
         },
-        "treatment": {
-            "id": t.id,
-            "discount_pct": t.discount_pct,
-            "free_shipping": t.free_shipping,
-            "support_queue": t.support_queue,
-            "campaign": t.campaign,
-            "channel": t.channel,
-            "offer": t.offer,
-        },
-        "reasons": list(seg.reasons),
-        "rules_version": seg.rules_version,
-        "as_of": _iso(seg.as_of),
-        "next_review_at": None if seg.next_review_at is None else _iso(seg.next_review_at),
+        "treatment": treatment,
+        "reasons": reasons,
+        "rules_version": rules_version,
+        "as_of": as_of,
+        "next_review_at": next_review_at,
     }
 
 
@@ -195,6 +223,36 @@ class Segmenter:
         self._topic = changes_topic
         self._rules = rules
         self._retry = retry
+        self._treatments: dict[tuple[str, str], dict[str, object]] = {}
+
+    def _stored_json(self, stored: StoredSegmentation, rules: Rules) -> dict[str, object]:
+        """``segmentation_json(stored_to_domain(stored, rules))``, without building the domain
+        objects (the treatment's JSON is kept per rules version)."""
+        key = (rules.version, stored.treatment_id)
+        treatment = self._treatments.get(key)
+        if treatment is None:
+            if len(self._treatments) > 1024:
+                self._treatments.clear()
+            t = treatment_of(rules, stored.treatment_id)
+            treatment = self._treatments[key] = {
+                "id": t.id,
+                "discount_pct": t.discount_pct,
+                "free_shipping": t.free_shipping,
+                "support_queue": t.support_queue,
+                "campaign": t.campaign,
+                "channel": t.channel,
+                "offer": t.offer,
+            }
+        nxt = stored.next_review_ms
+        return _segmentation_json(
+            stored.segment,
+            stored.axes,
+            dict(treatment),
+            [],
+            stored.rules_version,
+            _iso_ms(stored.as_of_ms),
+            None if nxt is None else _iso_ms(nxt),
+        )
 
     async def settle(
         self,
@@ -277,7 +335,7 @@ class Segmenter:
             "cause": cause,
             "as_of": _iso(now),
             "rules_version": seg.rules_version,
-            "previous": None if old is None else segmentation_json(stored_to_domain(old, rules)),
+            "previous": None if old is None else self._stored_json(old, rules),
             "current": segmentation_json(seg),
             "trigger": None if trigger is None else trigger.as_json(),
         }
