@@ -12,8 +12,9 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 
-from service.api.auth import KeyRing
+from service.api.auth import SECURITY_SCHEME, SECURITY_SCHEME_SPEC, KeyRing
 from service.api.deps import Clock, RulesProvider, StaticRules, utc_now
 from service.api.errors import install_error_handlers
 from service.api.limits import BodyLimitMiddleware
@@ -23,6 +24,7 @@ from service.api.routes import rules as rules_routes
 from service.segmentation.rules import load_rules
 from service.settings import ApiSettings, Settings, get_settings
 from service.store.keys import Keys
+from service.store.multiplex import MultiplexedRedis
 from service.store.reads import StateReader
 from service.store.redis_client import create_redis
 
@@ -54,10 +56,17 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = create_redis(settings.redis)
-        app.state.reader = StateReader(redis, Keys(settings.redis.key_prefix))
+        fast = (
+            None
+            if settings.redis.cluster
+            else MultiplexedRedis(settings.redis.url, timeout_s=settings.redis.socket_timeout_s)
+        )
+        app.state.reader = StateReader(redis, Keys(settings.redis.key_prefix), fast=fast)
         try:
             yield
         finally:
+            if fast is not None:
+                await fast.aclose()
             await redis.aclose()
 
     app = FastAPI(
@@ -76,6 +85,20 @@ def create_app(
     app.state.rules = rules or StaticRules(load_rules(settings.rules_file))
     app.state.metrics = ApiMetrics()
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            components = document.setdefault("components", {})
+            components["securitySchemes"] = {SECURITY_SCHEME: SECURITY_SCHEME_SPEC}
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     install_error_handlers(app)
     app.include_router(customers.router)
     app.include_router(segments.router)

@@ -1,8 +1,13 @@
 """What route handlers receive, as ``Annotated`` dependencies (fastapi's ``SessionDep`` style).
 
-Everything lives on ``app.state``, built once by the lifespan (:mod:`service.api.app`):
-settings, the state reader, the rules provider and the clock. Tests swap the clock and the
-rules through :func:`service.api.app.create_app`.
+Everything lives on ``app.state``, built once by :func:`service.api.app.create_app` and its
+lifespan: settings, the state reader, the rules provider and the clock. Tests swap the clock
+and the rules through ``create_app``.
+
+A read handler takes one :data:`ReadCtx`: the caller (authenticated, holding
+``segments:read``), the reader, the active rules and the instant the request is answered for.
+One dependency instead of four: FastAPI's dependency solving costs tens of microseconds per
+dependency, a real share of a request that takes a few hundred.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from typing import Annotated, Protocol
 
 from fastapi import Depends, Request
 
-from service.api.auth import READ, Principal, require
+from service.api.auth import READ, KeyRing, Principal, bearer_token
+from service.api.errors import Forbidden
 from service.segmentation.rules import Rules
 from service.store.reads import StateReader
 
@@ -41,24 +47,32 @@ class StaticRules:
         return self.rules
 
 
-def _reader(request: Request) -> StateReader:
+@dataclass(frozen=True, slots=True)
+class ReadContext:
+    principal: Principal
+    reader: StateReader
+    rules: Rules
+    now: datetime
+    """The instant the request is answered for (one clock read per request)."""
+
+
+async def _read_context(request: Request) -> ReadContext:
+    state = request.app.state
+    keyring: KeyRing = state.keyring
+    principal = keyring.authenticate(bearer_token(request))
+    if not principal.allows(READ):
+        raise Forbidden(f"API key {principal.name!r} lacks scope {READ!r}")
+    rules: RulesProvider = state.rules
+    clock: Clock = state.clock
+    return ReadContext(principal, state.reader, rules.current(), clock())
+
+
+async def _reader(request: Request) -> StateReader:
     reader: StateReader = request.app.state.reader
     return reader
 
 
-def _rules(request: Request) -> Rules:
-    provider: RulesProvider = request.app.state.rules
-    return provider.current()
-
-
-def _now(request: Request) -> datetime:
-    clock: Clock = request.app.state.clock
-    return clock()
-
-
+ReadCtx = Annotated[ReadContext, Depends(_read_context)]
+"""Everything a read endpoint needs, the caller authenticated with ``segments:read``."""
 ReaderDep = Annotated[StateReader, Depends(_reader)]
-RulesDep = Annotated[Rules, Depends(_rules)]
-NowDep = Annotated[datetime, Depends(_now)]
-"""The instant a request is answered for (one clock read per request)."""
-ReadKey = Annotated[Principal, Depends(require(READ))]
-"""The caller, authenticated, holding ``segments:read`` (or ``admin``)."""
+"""The state reader alone (open endpoints: readiness)."""

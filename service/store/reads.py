@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.store.keys import SHARDS, Keys
+from service.store.multiplex import MultiplexedRedis
 from service.store.redis_client import AnyRedis
 
 _SHARD_BATCH = 64
@@ -35,8 +36,13 @@ class MembersPage:
 class StateReader:
     """Reads of the state the consumer writes; every method is one or a few round trips."""
 
-    def __init__(self, redis: AnyRedis, keys: Keys) -> None:
+    def __init__(
+        self, redis: AnyRedis, keys: Keys, *, fast: MultiplexedRedis | None = None
+    ) -> None:
         self._redis = redis
+        self._fast = fast
+        """Auto-pipelined connection for the per-customer reads (None: redis-py, e.g. on a
+        cluster); counts and member listings always use redis-py."""
         self._keys = keys
 
     @property
@@ -44,14 +50,25 @@ class StateReader:
         return self._keys
 
     async def ping(self) -> bool:
+        if self._fast is not None:
+            (reply,) = await self._fast.execute([("PING",)])
+            return bool(reply)
         return bool(await self._redis.ping())
 
     async def customer(self, customer_id: str) -> list[bytes]:
         """One customer's raw hash as RESP2's flat list (empty when unknown)."""
-        return _as_flat(await self._redis.hgetall(self._keys.customer(customer_id)))
+        key = self._keys.customer(customer_id)
+        if self._fast is not None:
+            (fields,) = await self._fast.execute([("HGETALL", key)])
+            return fields  # type: ignore[no-any-return]
+        return _as_flat(await self._redis.hgetall(key))
 
     async def customers(self, customer_ids: Sequence[str]) -> list[list[bytes]]:
         """Raw hashes of distinct ids, in order, in one pipelined round trip."""
+        if self._fast is not None:
+            return await self._fast.execute(
+                [("HGETALL", self._keys.customer(cid)) for cid in customer_ids]
+            )
         pipe = self._redis.pipeline(transaction=False)
         for cid in customer_ids:
             pipe.hgetall(self._keys.customer(cid))

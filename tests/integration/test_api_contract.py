@@ -221,22 +221,22 @@ async def test_batch_get_order_duplicates_and_unknown(
 ) -> None:
     ids = ["c-gone", "c-nobody", "c-new", "c-gone", "c-browser"]
     reader = client._transport.app.state.reader  # type: ignore[attr-defined]
-    redis = reader._redis
-    calls: list[int] = []
-    original = redis.pipeline
+    fast = reader._fast
+    calls: list[list[Any]] = []
+    original = fast.execute
 
-    def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
-        pipe = original(*args, **kwargs)
-        calls.append(1)
-        return pipe
+    async def counting_execute(commands: Any) -> Any:
+        calls.append(list(commands))
+        return await original(commands)
 
-    redis.pipeline = counting_pipeline
+    fast.execute = counting_execute
     try:
         r = await client.post("/v1/segments:batch-get", json={"customer_ids": ids})
     finally:
-        redis.pipeline = original
+        fast.execute = original
     assert r.status_code == 200, r.text
-    assert len(calls) == 1  # one pipelined round trip
+    assert len(calls) == 1  # one pipelined round trip, each distinct id once
+    assert [c[0] for c in calls[0]] == ["HGETALL"] * 4
     results = BatchGetResponse.model_validate(r.json()).results
     assert [x.customer_id for x in results] == ids
     assert [x.known for x in results] == [True, False, True, True, True]

@@ -9,8 +9,9 @@ from fastapi.responses import Response
 
 from consumers.segmenter import min_day_for
 from schemas.api import ProfileResponse, SegmentResponse
+from service.api.auth import SECURED
 from service.api.bodies import profile_body, segment_body, unknown_body
-from service.api.deps import NowDep, ReaderDep, ReadKey, RulesDep
+from service.api.deps import ReadCtx
 from service.api.errors import CustomerNotFound
 from service.api.routes._common import PROTECTED, CustomerId, errors, json_response
 from service.store.packing import decode_customer
@@ -29,21 +30,18 @@ DefaultFlag = Annotated[
 @router.get(
     "/{customer_id}/segment",
     response_model=SegmentResponse,
+    openapi_extra=SECURED,
     responses=errors(*PROTECTED, 404),
     summary="Segment, axes and treatment of a customer, classified now",
 )
 async def get_segment(
-    customer_id: CustomerId,
-    _: ReadKey,
-    reader: ReaderDep,
-    rules: RulesDep,
-    now: NowDep,
-    default: DefaultFlag = False,
+    customer_id: CustomerId, ctx: ReadCtx, default: DefaultFlag = False
 ) -> Response:
     """Classified afresh from the stored profile at the moment of the request, so a customer
     whose `next_review_at` has passed already gets the new segment. Unknown customer: 404
     `customer_not_found`, or with `default=true` 200 `known: false` and the default treatment."""
-    fields = await reader.customer(customer_id)
+    rules, now = ctx.rules, ctx.now
+    fields = await ctx.reader.customer(customer_id)
     if fields:
         state = decode_customer(customer_id, fields, min_day=min_day_for(now, rules))
         if state.profile.known:
@@ -56,14 +54,14 @@ async def get_segment(
 @router.get(
     "/{customer_id}/profile",
     response_model=ProfileResponse,
+    openapi_extra=SECURED,
     responses=errors(*PROTECTED, 404),
     summary="The aggregates behind the segment: lifetime and each window",
 )
-async def get_profile(
-    customer_id: CustomerId, _: ReadKey, reader: ReaderDep, rules: RulesDep, now: NowDep
-) -> Response:
+async def get_profile(customer_id: CustomerId, ctx: ReadCtx) -> Response:
     """Money as strings with exactly two decimals; `windows` keyed by the rules' windows."""
-    fields = await reader.customer(customer_id)
+    rules, now = ctx.rules, ctx.now
+    fields = await ctx.reader.customer(customer_id)
     if fields:
         state = decode_customer(customer_id, fields, min_day=min_day_for(now, rules))
         if state.profile.known:

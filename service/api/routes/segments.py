@@ -18,8 +18,9 @@ from schemas.api import (
     SegmentList,
     SegmentMembers,
 )
+from service.api.auth import SECURED
 from service.api.bodies import segment_body, unknown_body
-from service.api.deps import NowDep, ReaderDep, ReadKey, RulesDep
+from service.api.deps import ReadCtx
 from service.api.errors import SegmentNotFound
 from service.api.routes._common import PROTECTED, errors, json_response
 from service.api.routes.customers import DefaultFlag
@@ -32,25 +33,22 @@ router = APIRouter(prefix="/v1/segments", tags=["segments"])
 @router.post(
     ":batch-get",
     response_model=BatchGetResponse,
+    openapi_extra=SECURED,
     responses=errors(*PROTECTED, 413),  # 413: body over the byte cap
     summary="Segments of up to 1,000 customers in one call",
 )
 async def batch_get(
-    request: BatchGetRequest,
-    _: ReadKey,
-    reader: ReaderDep,
-    rules: RulesDep,
-    now: NowDep,
-    default: DefaultFlag = False,
+    request: BatchGetRequest, ctx: ReadCtx, default: DefaultFlag = False
 ) -> Response:
     """One Redis round trip. Results in request order, one per requested id (a duplicate id is
     answered at each of its positions); unknown ids have `known: false` (and the default
     treatment with `default=true`). More than 1,000 ids: 422 `batch_too_large`."""
+    rules, now = ctx.rules, ctx.now
     ids = request.customer_ids
     distinct = list(dict.fromkeys(ids))
     min_day = min_day_for(now, rules)
     bodies: dict[str, dict[str, Any]] = {}
-    for cid, fields in zip(distinct, await reader.customers(distinct), strict=True):
+    for cid, fields in zip(distinct, await ctx.reader.customers(distinct), strict=True):
         profile = decode_customer(cid, fields, min_day=min_day).profile if fields else None
         if profile is not None and profile.known:
             bodies[cid] = segment_body(profile, rules, now)
@@ -62,13 +60,15 @@ async def batch_get(
 @router.get(
     "",
     response_model=SegmentList,
+    openapi_extra=SECURED,
     responses=errors(*PROTECTED),
     summary="Segment definitions of the active rules, with live member counts",
 )
-async def list_segments(_: ReadKey, reader: ReaderDep, rules: RulesDep) -> Response:
+async def list_segments(ctx: ReadCtx) -> Response:
     """Counts are summed over every shard's counts (one pipelined round trip) and follow the
     stored segmentations, which the consumer and the sweeper keep current."""
-    counts = await reader.segment_counts()
+    rules = ctx.rules
+    counts = await ctx.reader.segment_counts()
     segments = []
     for rule in rules.segments:
         t = treatment_of(rules, rule.treatment)
@@ -107,6 +107,7 @@ def decode_cursor(cursor: str) -> MemberPosition:
 @router.get(
     "/{name}/customers",
     response_model=SegmentMembers,
+    openapi_extra=SECURED,
     responses=errors(*PROTECTED, 404),
     summary="Members of a segment, cursor-paginated",
 )
@@ -119,9 +120,7 @@ async def list_members(
             examples=["loyal"],
         ),
     ],
-    _: ReadKey,
-    reader: ReaderDep,
-    rules: RulesDep,
+    ctx: ReadCtx,
     cursor: Annotated[
         str | None,
         Query(
@@ -134,10 +133,11 @@ async def list_members(
     """Walks the shards in order and each shard's members in sorted order: every customer
     that stays in the segment while the listing runs is returned exactly once, so a
     million-member segment can be exported page by page. `next_cursor` null: done."""
+    rules = ctx.rules
     if all(rule.name != name for rule in rules.segments):
         raise SegmentNotFound(f"no segment {name!r} in rules {rules.version}")
     start = MemberPosition(0) if cursor is None else decode_cursor(cursor)
-    page = await reader.members_page(name, start, limit)
+    page = await ctx.reader.members_page(name, start, limit)
     return json_response(
         {
             "segment": name,

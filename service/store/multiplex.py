@@ -1,0 +1,168 @@
+"""One Redis connection shared by every concurrent request of an API worker, auto-pipelined.
+
+The API answers many small requests at once, each needing one round trip. A connection pool
+(redis-py) sends each command with its own system call and parses each reply on its own;
+here every command queued during one event-loop iteration goes out in one write, and one read
+parses every reply that arrived. Redis answers in order on a connection, so replies are handed
+back to their callers in the order the commands were queued. Under load this turns dozens of
+system calls into one, and it is never slower when idle (a lone command is flushed on the
+next loop iteration).
+
+Single node only (a cluster keeps redis-py's cluster client). Failures surface as redis-py's
+exception types: a lost connection or a reply that takes longer than ``timeout_s`` fails every
+command in flight (``ConnectionError`` / ``TimeoutError``) and the next command reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, cast
+
+import hiredis
+from redis.asyncio.connection import SSLConnection, parse_url
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from service.store.resp import Command, pack
+
+
+class _Group:
+    """Commands sent together by one caller, and the replies collected for them."""
+
+    __slots__ = ("expected", "future", "replies")
+
+    def __init__(self, expected: int, future: asyncio.Future[list[Any]]) -> None:
+        self.expected = expected
+        self.future = future
+        self.replies: list[Any] = []
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, client: MultiplexedRedis) -> None:
+        self.client = client
+        self.reader = hiredis.Reader()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        waiting = self.client._waiting
+        try:
+            while (reply := self.reader.gets()) is not False:
+                group = waiting[0]
+                group.replies.append(reply)
+                if len(group.replies) == group.expected:
+                    waiting.popleft()
+                    if not group.future.done():
+                        group.future.set_result(group.replies)
+        except (hiredis.ProtocolError, IndexError) as exc:
+            self.client._fail(RedisConnectionError(f"unexpected data from Redis: {exc!r}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.client._protocol is self:
+            self.client._fail(RedisConnectionError(f"connection to Redis lost: {exc!r}"))
+
+
+class MultiplexedRedis:
+    def __init__(self, url: str, *, timeout_s: float) -> None:
+        opts = parse_url(url)
+        self._host = str(opts.get("host", "localhost"))
+        self._port = int(opts.get("port", 6379))
+        self._db = int(opts.get("db", 0))
+        self._username = opts.get("username")
+        self._password = opts.get("password")
+        self._ssl = (
+            ssl.create_default_context() if opts.get("connection_class") is SSLConnection else None
+        )
+        self._timeout = timeout_s
+        self._protocol: _Protocol | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._waiting: deque[_Group] = deque()
+        self._outgoing: list[bytes] = []
+        self._flush_scheduled = False
+
+    async def execute(self, commands: Sequence[Command]) -> list[Any]:
+        """Replies to ``commands`` (sent together, in order); an error reply raises."""
+        if not commands:
+            return []
+        protocol = self._protocol or await self._connect()
+        loop = asyncio.get_running_loop()
+        group = _Group(len(commands), loop.create_future())
+        self._waiting.append(group)
+        self._outgoing.append(pack(commands))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush, protocol)
+        try:
+            replies = await asyncio.wait_for(group.future, self._timeout)
+        except TimeoutError:
+            self._fail(
+                RedisTimeoutError(f"no reply from {self._host}:{self._port} in {self._timeout}s")
+            )
+            raise RedisTimeoutError(f"no reply from Redis in {self._timeout}s") from None
+        for reply in replies:
+            if isinstance(reply, hiredis.ReplyError):
+                raise ResponseError(str(reply))
+        return replies
+
+    def _flush(self, protocol: _Protocol) -> None:
+        self._flush_scheduled = False
+        data, self._outgoing = self._outgoing, []
+        if protocol is not self._protocol or protocol.transport is None:
+            return  # the connection failed meanwhile; its commands were failed with it
+        protocol.transport.write(b"".join(data))
+
+    async def _connect(self) -> _Protocol:
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._protocol is not None:
+                return self._protocol
+            loop = asyncio.get_running_loop()
+            try:
+                _, protocol = await asyncio.wait_for(
+                    loop.create_connection(
+                        lambda: _Protocol(self), self._host, self._port, ssl=self._ssl
+                    ),
+                    self._timeout,
+                )
+            except (OSError, TimeoutError) as exc:
+                raise RedisConnectionError(f"{self._host}:{self._port}: {exc!r}") from exc
+            self._protocol = protocol
+            hello: list[Command] = []
+            if self._password is not None:
+                hello.append(
+                    ("AUTH", self._username, self._password)
+                    if self._username
+                    else ("AUTH", self._password)
+                )
+            if self._db:
+                hello.append(("SELECT", self._db))
+            if hello:
+                try:
+                    await self.execute(hello)
+                except ResponseError:
+                    self._fail(RedisConnectionError("Redis refused AUTH/SELECT"))
+                    raise
+            return protocol
+
+    def _fail(self, error: Exception) -> None:
+        """Drops the connection and fails every command in flight with ``error``."""
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.abort()
+        waiting, self._waiting = self._waiting, deque()
+        self._outgoing = []
+        for group in waiting:
+            if not group.future.done():
+                group.future.set_exception(error)
+
+    async def aclose(self) -> None:
+        self._fail(RedisConnectionError("client closed"))

@@ -1,0 +1,97 @@
+"""The API's auto-pipelined Redis connection: replies reach their callers, failures surface
+as redis-py's errors, a lost connection is replaced."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from service.store.multiplex import MultiplexedRedis
+
+pytestmark = pytest.mark.integration
+
+
+async def test_concurrent_callers_get_their_own_replies(redis_url: str) -> None:
+    client = MultiplexedRedis(redis_url, timeout_s=5)
+    prefix = f"mux{uuid.uuid4().hex[:8]}:"
+    try:
+        await client.execute([("HSET", f"{prefix}{i}", "n", str(i)) for i in range(300)])
+
+        async def one(i: int) -> None:
+            if i % 3 == 0:
+                replies = await client.execute(
+                    [("HGETALL", f"{prefix}{i}"), ("ECHO", f"e{i}"), ("HGETALL", f"{prefix}x")]
+                )
+                assert replies == [[b"n", str(i).encode()], f"e{i}".encode(), []]
+            else:
+                assert await client.execute([("HGET", f"{prefix}{i}", "n")]) == [str(i).encode()]
+
+        await asyncio.gather(*(one(i) for i in range(300)))
+    finally:
+        await client.aclose()
+
+
+async def test_an_error_reply_fails_only_its_caller(redis_url: str) -> None:
+    client = MultiplexedRedis(redis_url, timeout_s=5)
+    key = f"mux{uuid.uuid4().hex[:8]}:s"
+    try:
+        await client.execute([("SET", key, "x")])
+        wrong, right = await asyncio.gather(
+            client.execute([("HGETALL", key)]), client.execute([("GET", key)]),
+            return_exceptions=True,
+        )  # fmt: skip
+        assert isinstance(wrong, ResponseError) and "WRONGTYPE" in str(wrong)
+        assert right == [b"x"]
+    finally:
+        await client.aclose()
+
+
+async def test_a_lost_connection_is_replaced(redis_url: str) -> None:
+    client = MultiplexedRedis(redis_url, timeout_s=5)
+    admin = Redis.from_url(redis_url)
+    try:
+        (client_id,) = await client.execute([("CLIENT", "ID")])
+        await admin.execute_command("CLIENT", "KILL", "ID", client_id)
+        for _ in range(50):  # the close reaches the client asynchronously
+            try:
+                (new_id,) = await client.execute([("CLIENT", "ID")])
+            except RedisConnectionError:
+                continue
+            if new_id != client_id:
+                break
+            await asyncio.sleep(0.02)
+        assert new_id != client_id
+        assert await client.execute([("PING",)]) == [b"PONG"]
+    finally:
+        await client.aclose()
+        await admin.aclose()
+
+
+async def test_unreachable_and_silent_servers() -> None:
+    refused = MultiplexedRedis("redis://127.0.0.1:1/0", timeout_s=1)
+    with pytest.raises(RedisConnectionError):
+        await refused.execute([("PING",)])
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1 << 16)
+        await asyncio.sleep(5)
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = MultiplexedRedis(f"redis://127.0.0.1:{port}/0", timeout_s=0.2)
+    try:
+        results = await asyncio.gather(
+            client.execute([("PING",)]), client.execute([("PING",)]), return_exceptions=True
+        )
+        assert all(isinstance(r, RedisTimeoutError | RedisConnectionError) for r in results)
+        assert any(isinstance(r, RedisTimeoutError) for r in results)
+    finally:
+        await client.aclose()
+        server.close()
