@@ -115,6 +115,7 @@ class ConsumerApp:
         if not self.latency_ms:
             return {}
         ordered = sorted(self.latency_ms)
+
         def pick(q: float) -> float:
             return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
 
