@@ -56,7 +56,8 @@ class ReadContext:
     """The instant the request is answered for (one clock read per request)."""
 
 
-async def _read_context(request: Request) -> ReadContext:
+async def read_context(request: Request) -> ReadContext:
+    """Authenticates the caller (``segments:read``) and gathers what a read needs."""
     state = request.app.state
     keyring: KeyRing = state.keyring
     principal = keyring.authenticate(bearer_token(request))
@@ -72,7 +73,7 @@ async def _reader(request: Request) -> StateReader:
     return reader
 
 
-ReadCtx = Annotated[ReadContext, Depends(_read_context)]
+ReadCtx = Annotated[ReadContext, Depends(read_context)]
 """Everything a read endpoint needs, the caller authenticated with ``segments:read``."""
 ReaderDep = Annotated[StateReader, Depends(_reader)]
 """The state reader alone (open endpoints: readiness)."""

@@ -155,6 +155,29 @@ async def test_unknown_customer_is_404_or_the_default_treatment(client: httpx.As
     assert r.json()["known"] is True
 
 
+async def test_lean_and_standard_paths_answer_alike(client: httpx.AsyncClient) -> None:
+    """The common requests take the lean path; unusual spellings go through FastAPI's
+    parameter handling; both must give the same answers."""
+    for lean_query, standard_query in (
+        ("", "?x=1"),
+        ("?default=true", "?default=1"),
+        ("?default=false", "?default=no"),
+    ):
+        for cid in ("c-new", "c-nobody"):
+            a = await client.get(f"/v1/customers/{cid}/segment{lean_query}")
+            b = await client.get(f"/v1/customers/{cid}/segment{standard_query}")
+            assert (a.status_code, a.json()) == (b.status_code, b.json()), (cid, lean_query)
+    a = await client.get("/v1/customers/c-loyal/profile")
+    b = await client.get("/v1/customers/c-loyal/profile?x=1")
+    assert (a.status_code, a.json()) == (b.status_code, b.json())
+    error_of(
+        await client.get("/v1/customers/c-new/segment?default=maybe"), 422, "validation_failed"
+    )
+    for path in ("/v1/customers/c-new/segment", "/v1/customers/c-new/profile"):
+        r = await client.get(path, headers={"Authorization": "Bearer wrong"})
+        error_of(r, 401, "unauthorized")
+
+
 async def test_segment_changes_with_time_alone_no_sweeper(world: World) -> None:
     """c-new is stored as new_customer; 60 days later, with no event and no sweeper, the API
     answers at_risk because it classifies at the request's instant."""

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from consumers.segmenter import min_day_for
-from schemas.api import ProfileResponse, SegmentResponse
+from schemas.api import ID_PATTERN, ProfileResponse, SegmentResponse
 from service.api.auth import SECURED
 from service.api.bodies import profile_body, segment_body, unknown_body
-from service.api.deps import ReadCtx
+from service.api.deps import ReadContext, ReadCtx, read_context
 from service.api.errors import CustomerNotFound
+from service.api.lean import LeanRoute, lean
 from service.api.routes._common import PROTECTED, CustomerId, errors, json_response
 from service.store.packing import decode_customer
 
-router = APIRouter(prefix="/v1/customers", tags=["customers"])
+router = APIRouter(prefix="/v1/customers", tags=["customers"], route_class=LeanRoute)
 
 DefaultFlag = Annotated[
     bool,
@@ -26,20 +28,12 @@ DefaultFlag = Annotated[
     ),
 ]
 
+_ID = re.compile(ID_PATTERN)
+_DEFAULT_QUERY = {b"": False, b"default=false": False, b"default=true": True}
+"""The query strings the lean path knows; any other goes through FastAPI's validation."""
 
-@router.get(
-    "/{customer_id}/segment",
-    response_model=SegmentResponse,
-    openapi_extra=SECURED,
-    responses=errors(*PROTECTED, 404),
-    summary="Segment, axes and treatment of a customer, classified now",
-)
-async def get_segment(
-    customer_id: CustomerId, ctx: ReadCtx, default: DefaultFlag = False
-) -> Response:
-    """Classified afresh from the stored profile at the moment of the request, so a customer
-    whose `next_review_at` has passed already gets the new segment. Unknown customer: 404
-    `customer_not_found`, or with `default=true` 200 `known: false` and the default treatment."""
+
+async def _segment(customer_id: str, ctx: ReadContext, *, default: bool) -> Response:
     rules, now = ctx.rules, ctx.now
     fields = await ctx.reader.customer(customer_id)
     if fields:
@@ -51,15 +45,32 @@ async def get_segment(
     return json_response(unknown_body(customer_id, rules, now, with_default=True))
 
 
+async def _segment_lean(request: Request) -> Response | None:
+    customer_id: str = request.path_params["customer_id"]
+    default = _DEFAULT_QUERY.get(request.scope["query_string"])
+    if default is None or not _ID.match(customer_id):
+        return None
+    return await _segment(customer_id, await read_context(request), default=default)
+
+
 @router.get(
-    "/{customer_id}/profile",
-    response_model=ProfileResponse,
+    "/{customer_id}/segment",
+    response_model=SegmentResponse,
     openapi_extra=SECURED,
     responses=errors(*PROTECTED, 404),
-    summary="The aggregates behind the segment: lifetime and each window",
+    summary="Segment, axes and treatment of a customer, classified now",
 )
-async def get_profile(customer_id: CustomerId, ctx: ReadCtx) -> Response:
-    """Money as strings with exactly two decimals; `windows` keyed by the rules' windows."""
+@lean(_segment_lean)
+async def get_segment(
+    customer_id: CustomerId, ctx: ReadCtx, default: DefaultFlag = False
+) -> Response:
+    """Classified afresh from the stored profile at the moment of the request, so a customer
+    whose `next_review_at` has passed already gets the new segment. Unknown customer: 404
+    `customer_not_found`, or with `default=true` 200 `known: false` and the default treatment."""
+    return await _segment(customer_id, ctx, default=default)
+
+
+async def _profile(customer_id: str, ctx: ReadContext) -> Response:
     rules, now = ctx.rules, ctx.now
     fields = await ctx.reader.customer(customer_id)
     if fields:
@@ -67,3 +78,23 @@ async def get_profile(customer_id: CustomerId, ctx: ReadCtx) -> Response:
         if state.profile.known:
             return json_response(profile_body(state.profile, rules, now))
     raise CustomerNotFound(f"no customer {customer_id!r}")
+
+
+async def _profile_lean(request: Request) -> Response | None:
+    customer_id: str = request.path_params["customer_id"]
+    if request.scope["query_string"] or not _ID.match(customer_id):
+        return None
+    return await _profile(customer_id, await read_context(request))
+
+
+@router.get(
+    "/{customer_id}/profile",
+    response_model=ProfileResponse,
+    openapi_extra=SECURED,
+    responses=errors(*PROTECTED, 404),
+    summary="The aggregates behind the segment: lifetime and each window",
+)
+@lean(_profile_lean)
+async def get_profile(customer_id: CustomerId, ctx: ReadCtx) -> Response:
+    """Money as strings with exactly two decimals; `windows` keyed by the rules' windows."""
+    return await _profile(customer_id, ctx)
