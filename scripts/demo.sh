@@ -21,7 +21,8 @@ cleanup() {
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     "$python" scripts/services.py --state-dir "$state" stop all >/dev/null 2>&1 || true
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'cleanup; exit 0' INT TERM
 
 echo "==> services: $broker, redis"
 "$python" scripts/services.py --state-dir "$state" start "$broker" redis
