@@ -13,13 +13,18 @@ mkdir -p "$state"
 
 [[ "${SKIP_INSTALL:-0}" == 1 ]] || bash scripts/install.sh
 
+if ! "$python" -c "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1])))" "$port" 2>/dev/null; then
+    echo "demo: port $port is in use (another demo?); set SEGMENTS_DEMO_PORT or run 'make demo-stop'" >&2
+    exit 1
+fi
+
 pids=()
 cleanup() {
     trap - EXIT INT TERM
     echo; echo "==> stopping demo"
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    "$python" scripts/services.py --state-dir "$state" stop all >/dev/null 2>&1 || true
+    "$python" scripts/services.py --state-dir "$state" stop all || true
 }
 trap cleanup EXIT
 trap 'cleanup; exit 0' INT TERM
