@@ -70,6 +70,7 @@ def create_app(
         try:
             yield
         finally:
+            gc.unfreeze()
             if fast is not None:
                 await fast.aclose()
             await redis.aclose()
