@@ -81,10 +81,10 @@ class World:
 
 
 @pytest.fixture
-async def world(redis_url: str) -> AsyncIterator[World]:
+async def world(redis_url: str, kafka_bootstrap: str) -> AsyncIterator[World]:
     read_key, read_cfg = api_key("checkout", "segments:read")
     admin_key, admin_cfg = api_key("ops", "admin")
-    settings = api_settings(redis_url, keys=(read_cfg, admin_cfg))
+    settings = api_settings(redis_url, kafka_bootstrap, keys=(read_cfg, admin_cfg))
     await load_events(settings, EVENTS, now=NOW)
     yield World(settings, read_key, admin_key, MovableClock(NOW))
 

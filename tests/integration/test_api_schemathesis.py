@@ -59,13 +59,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def live_api(redis_url: str) -> Iterator[LiveApi]:
+def live_api(redis_url: str, kafka_bootstrap: str) -> Iterator[LiveApi]:
     cfg = ApiKey(
         name="schemathesis",
         sha256=hashlib.sha256(KEY.encode()).hexdigest(),
         scopes=("segments:read",),
     )
-    settings_ = api_settings(redis_url, keys=(cfg,))
+    settings_ = api_settings(redis_url, kafka_bootstrap, keys=(cfg,))
     events = [
         purchase("c-1", "e1", NOW - timedelta(days=3), "59.90"),
         purchase("c-1", "e2", NOW - timedelta(days=50), "10.00"),

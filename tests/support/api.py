@@ -7,7 +7,6 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,8 +17,9 @@ from consumers.codec import EventCodec
 from consumers.handler import BatchHandler
 from consumers.segmenter import Segmenter
 from service.api.app import create_app
+from service.kafka import ProducerSink, create_producer, ensure_topics
 from service.segmentation.rules import Rules, load_rules
-from service.settings import ApiKey, ApiSettings, RedisSettings, Settings
+from service.settings import ApiKey, ApiSettings, KafkaSettings, RedisSettings, Settings
 from service.store.keys import Keys
 from service.store.profiles import RedisProfileStore
 from service.store.redis_client import create_redis
@@ -30,20 +30,6 @@ NOW_UTC = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 """A fixed instant for tests that do not care which."""
 
 
-@dataclass
-class MemorySink:
-    """Stands in for Kafka: the API tests need the state, not the change topic."""
-
-    changes: list[tuple[bytes, bytes]] = field(default_factory=list)
-    dead: list[Any] = field(default_factory=list)
-
-    async def send_all(self, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-        self.changes.extend(records)
-
-    async def send_dead_letters(self, topic: str, records: list[Any]) -> None:
-        self.dead.extend(records)
-
-
 def api_key(name: str, *scopes: str) -> tuple[str, ApiKey]:
     """A fresh secret key and its configured (hashed) form."""
     secret = secrets.token_urlsafe(24)
@@ -51,19 +37,31 @@ def api_key(name: str, *scopes: str) -> tuple[str, ApiKey]:
     return secret, ApiKey(name=name, sha256=digest, scopes=scopes)  # type: ignore[arg-type]
 
 
-def api_settings(redis_url: str, **api: Any) -> Settings:
-    """Settings with a Redis key prefix of their own."""
-    redis = RedisSettings(url=redis_url, key_prefix=f"t{uuid.uuid4().hex[:10]}:")
-    return Settings(redis=redis, api=ApiSettings(**api), _env_file=None)  # type: ignore[call-arg]
+def api_settings(redis_url: str, kafka_bootstrap: str = "127.0.0.1:9", **api: Any) -> Settings:
+    """Settings with a Redis key prefix and Kafka topics of their own."""
+    run = uuid.uuid4().hex[:10]
+    redis = RedisSettings(url=redis_url, key_prefix=f"t{run}:")
+    kafka = KafkaSettings(
+        bootstrap=kafka_bootstrap,
+        events_topic=f"t{run}.events",
+        changes_topic=f"t{run}.segment-changes",
+        dlq_topic=f"t{run}.events.dlq",
+        group_id=f"t{run}-consumer",
+    )
+    return Settings(redis=redis, kafka=kafka, api=ApiSettings(**api), _env_file=None)  # type: ignore[call-arg]
 
 
 async def load_events(
     settings: Settings, events: Sequence[dict[str, Any]], *, now: datetime, rules: Rules = RULES
-) -> MemorySink:
-    """Applies events with the real handler (codec → Lua apply → classify → segment writes)."""
+) -> None:
+    """Applies events with the real handler (codec → Lua apply → classify → change events to
+    the real broker → segment writes)."""
+    await ensure_topics(settings.kafka, partitions=1)
+    producer = create_producer(settings.kafka)
+    await producer.start()
     redis = create_redis(settings.redis)
     store = RedisProfileStore(redis, Keys(settings.redis.key_prefix), ring_size=8)
-    sink = MemorySink()
+    sink = ProducerSink(producer)
     handler = BatchHandler(
         settings,
         codec=EventCodec(settings.validation),
@@ -83,8 +81,8 @@ async def load_events(
         stats = await handler.handle(records)
     finally:
         await redis.aclose()
+        await producer.stop()
     assert stats.dead_lettered == 0, stats.dead_letter_reasons
-    return sink
 
 
 class MovableClock:
