@@ -1,6 +1,6 @@
 # Two commands do everything: `make demo` runs the system, `make test` runs every test.
 PYTHON ?= python3
-.PHONY: install demo demo-stop test test-fast lint schemas bench-pipeline bench-classifier services-stop
+.PHONY: install demo demo-stop test test-fast lint schemas bench-pipeline bench-api bench-classifier
 
 install:
 	bash scripts/install.sh
@@ -26,6 +26,9 @@ schemas:
 
 bench-pipeline:
 	bash scripts/bench.sh pipeline
+
+bench-api:
+	bash scripts/bench.sh api
 
 bench-classifier:
 	$(PYTHON) bench/classifier.py

@@ -12,5 +12,10 @@ trap cleanup EXIT INT TERM
 eval "$("$python" scripts/services.py --state-dir "$state" env)"
 case "$what" in
     pipeline) "$python" bench/pipeline.py "$@" ;;
+    api)
+        if ! command -v wrk >/dev/null 2>&1; then
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null
+        fi
+        "$python" bench/api.py "$@" ;;
     *) echo "unknown benchmark: $what" >&2; exit 2 ;;
 esac
