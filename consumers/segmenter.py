@@ -103,21 +103,25 @@ def _iso_ms(ms: int) -> str:
     return _iso(from_epoch_ms(ms))
 
 
+def treatment_json(t: Treatment) -> dict[str, object]:
+    """A treatment as published (the shape of :class:`schemas.changes.TreatmentOut`)."""
+    return {
+        "id": t.id,
+        "discount_pct": t.discount_pct,
+        "free_shipping": t.free_shipping,
+        "support_queue": t.support_queue,
+        "campaign": t.campaign,
+        "channel": t.channel,
+        "offer": t.offer,
+    }
+
+
 def segmentation_json(seg: Segmentation) -> dict[str, object]:
     """A segmentation as published (the shape of :class:`schemas.changes.SegmentationOut`)."""
-    t = seg.treatment
     return _segmentation_json(
         seg.segment,
         seg.axes,
-        {
-            "id": t.id,
-            "discount_pct": t.discount_pct,
-            "free_shipping": t.free_shipping,
-            "support_queue": t.support_queue,
-            "campaign": t.campaign,
-            "channel": t.channel,
-            "offer": t.offer,
-        },
+        treatment_json(seg.treatment),
         list(seg.reasons),
         seg.rules_version,
         _iso(seg.as_of),
@@ -234,15 +238,7 @@ class Segmenter:
             if len(self._treatments) > 1024:
                 self._treatments.clear()
             t = treatment_of(rules, stored.treatment_id)
-            treatment = self._treatments[key] = {
-                "id": t.id,
-                "discount_pct": t.discount_pct,
-                "free_shipping": t.free_shipping,
-                "support_queue": t.support_queue,
-                "campaign": t.campaign,
-                "channel": t.channel,
-                "offer": t.offer,
-            }
+            treatment = self._treatments[key] = treatment_json(t)
         nxt = stored.next_review_ms
         return _segmentation_json(
             stored.segment,

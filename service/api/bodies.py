@@ -10,7 +10,7 @@ from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from consumers.segmenter import segmentation_json, treatment_of
+from consumers.segmenter import segmentation_json, treatment_json, treatment_of
 from service.segmentation.classifier import classify
 from service.segmentation.profile import MONEY_SCALE, Profile, Totals
 from service.segmentation.rules import Rules
@@ -58,15 +58,7 @@ def unknown_body(
     if with_default:
         tid = default_treatment_id(rules)
         t = treatment_of(rules, tid)
-        treatment = {
-            "id": t.id,
-            "discount_pct": t.discount_pct,
-            "free_shipping": t.free_shipping,
-            "support_queue": t.support_queue,
-            "campaign": t.campaign,
-            "channel": t.channel,
-            "offer": t.offer,
-        }
+        treatment = treatment_json(t)
         reasons = [
             f"unknown customer: default treatment {tid} of catch-all segment "
             f"{rules.segments[-1].name}"

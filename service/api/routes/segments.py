@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 
-from consumers.segmenter import min_day_for, treatment_of
+from consumers.segmenter import min_day_for, treatment_json, treatment_of
 from schemas.api import (
     CURSOR_PATTERN,
     DEFAULT_PAGE,
@@ -76,15 +76,7 @@ async def list_segments(ctx: ReadCtx) -> Response:
             {
                 "name": rule.name,
                 "description": rule.description,
-                "treatment": {
-                    "id": t.id,
-                    "discount_pct": t.discount_pct,
-                    "free_shipping": t.free_shipping,
-                    "support_queue": t.support_queue,
-                    "campaign": t.campaign,
-                    "channel": t.channel,
-                    "offer": t.offer,
-                },
+                "treatment": treatment_json(t),
                 "members": max(0, counts.pop(rule.name, 0)),
             }
         )
