@@ -34,9 +34,9 @@ bash scripts/lint.sh
 echo "==> unit tests"
 run_pytest -q tests/unit
 
-echo "==> integration + e2e against Apache Kafka ($SEGMENTS_APACHE_KAFKA_BOOTSTRAP)"
+echo "==> integration (incl. end-to-end) against Apache Kafka ($SEGMENTS_APACHE_KAFKA_BOOTSTRAP)"
 SEGMENTS_TEST_BROKER=kafka SEGMENTS_TEST_KAFKA_BOOTSTRAP="$SEGMENTS_APACHE_KAFKA_BOOTSTRAP" \
-    run_pytest -q tests/integration tests/e2e
+    run_pytest -q tests/integration
 
 echo "==> integration against Tansu ($SEGMENTS_TANSU_BOOTSTRAP)"
 SEGMENTS_TEST_BROKER=tansu SEGMENTS_TEST_KAFKA_BOOTSTRAP="$SEGMENTS_TANSU_BOOTSTRAP" \
