@@ -2,7 +2,7 @@
 # The whole test suite, as CI runs it (`make test`):
 #   1. install everything a fresh machine lacks (apt, pip, Kafka jars from Maven Central);
 #   2. start real Redis, Apache Kafka and Tansu in a private state dir;
-#   3. lint, unit tests, the integration suite against Apache Kafka, then against Tansu;
+#   3. lint, unit tests, the whole integration suite against Apache Kafka, then against Tansu;
 #   4. stop every service, whatever happened.
 # pytest's exit code 5 (no tests collected) is a failure here, like any other non-zero code.
 set -euo pipefail
@@ -40,4 +40,4 @@ SEGMENTS_TEST_BROKER=kafka SEGMENTS_TEST_KAFKA_BOOTSTRAP="$SEGMENTS_APACHE_KAFKA
 
 echo "==> integration against Tansu ($SEGMENTS_TANSU_BOOTSTRAP)"
 SEGMENTS_TEST_BROKER=tansu SEGMENTS_TEST_KAFKA_BOOTSTRAP="$SEGMENTS_TANSU_BOOTSTRAP" \
-    run_pytest -q tests/integration -m "not slow"
+    run_pytest -q tests/integration
