@@ -100,7 +100,7 @@ async def pipeline(make_settings):  # type: ignore[no-untyped-def]
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(history=histories(), ring_size=st.sampled_from([1, 8]))
 async def test_incremental_equals_recomputed(pipeline, history, ring_size) -> None:  # type: ignore[no-untyped-def]
