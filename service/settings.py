@@ -65,7 +65,7 @@ class KafkaSettings(BaseModel):
     because some Kafka-compatible brokers (Tansu 0.6) refuse InitProducerId."""
     max_batch: int = Field(default=10_000, ge=1)
     """Records per ``getmany`` batch (per lane)."""
-    lanes: int = Field(default=2, ge=1, le=64)
+    lanes: int = Field(default=4, ge=1, le=64)
     """Concurrent batch loops in one consumer, each over partitions ``p % lanes``; one lane
     computes while another waits on Redis or Kafka."""
     poll_timeout_ms: int = Field(default=200, ge=1)
