@@ -16,18 +16,16 @@ command in flight (``ConnectionError`` / ``TimeoutError``) and the next command 
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, cast
 
 import hiredis
-from redis.asyncio.connection import SSLConnection, parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.store.resp import Command, pack
+from service.store.resp import Command, RedisEndpoint, pack
 
 
 class _Group:
@@ -72,15 +70,9 @@ class _Protocol(asyncio.Protocol):
 
 class MultiplexedRedis:
     def __init__(self, url: str, *, timeout_s: float) -> None:
-        opts = parse_url(url)
-        self._host = str(opts.get("host", "localhost"))
-        self._port = int(opts.get("port", 6379))
-        self._db = int(opts.get("db", 0))
-        self._username = opts.get("username")
-        self._password = opts.get("password")
-        self._ssl = (
-            ssl.create_default_context() if opts.get("connection_class") is SSLConnection else None
-        )
+        e = RedisEndpoint.from_url(url)
+        self._host, self._port, self._db = e.host, e.port, e.db
+        self._username, self._password, self._ssl = e.username, e.password, e.ssl
         self._timeout = timeout_s
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import hiredis
@@ -51,17 +52,36 @@ def raise_for_errors(replies: list[Any]) -> None:
             raise ResponseError(message)
 
 
+@dataclass(frozen=True, slots=True)
+class RedisEndpoint:
+    """Where and how to connect, from a ``redis://`` or ``rediss://`` URL."""
+
+    host: str
+    port: int
+    db: int
+    username: str | None
+    password: str | None
+    ssl: ssl.SSLContext | None
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisEndpoint:
+        opts = parse_url(url)
+        tls = opts.get("connection_class") is SSLConnection
+        return cls(
+            host=str(opts.get("host", "localhost")),
+            port=int(opts.get("port", 6379)),
+            db=int(opts.get("db", 0)),
+            username=opts.get("username"),
+            password=opts.get("password"),
+            ssl=ssl.create_default_context() if tls else None,
+        )
+
+
 class RespPipeline:
     def __init__(self, url: str, *, timeout_s: float) -> None:
-        opts = parse_url(url)
-        self._host = str(opts.get("host", "localhost"))
-        self._port = int(opts.get("port", 6379))
-        self._db = int(opts.get("db", 0))
-        self._username = opts.get("username")
-        self._password = opts.get("password")
-        self._ssl = (
-            ssl.create_default_context() if opts.get("connection_class") is SSLConnection else None
-        )
+        e = RedisEndpoint.from_url(url)
+        self._host, self._port, self._db = e.host, e.port, e.db
+        self._username, self._password, self._ssl = e.username, e.password, e.ssl
         self._timeout = timeout_s
         self._lock = asyncio.Lock()
         self._stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
