@@ -6,8 +6,13 @@ cd "$repo"
 python="${PYTHON:-python3}"
 what="${1:-pipeline}"; shift || true
 state="$(mktemp -d /tmp/segments-bench.XXXXXX)"
-cleanup() { "$python" scripts/services.py --state-dir "$state" stop all >/dev/null 2>&1 || true; rm -rf "$state"; }
-trap cleanup EXIT INT TERM
+cleanup() {
+    trap '' INT TERM  # a second signal must not cut the clean-up short
+    "$python" scripts/services.py --state-dir "$state" stop all >/dev/null 2>&1 || true
+    rm -rf "$state"
+}
+trap cleanup EXIT
+trap 'exit 143' INT TERM  # exit runs the EXIT trap, once
 "$python" scripts/services.py --state-dir "$state" start kafka redis
 eval "$("$python" scripts/services.py --state-dir "$state" env)"
 case "$what" in

@@ -20,7 +20,8 @@ fi
 
 pids=()
 cleanup() {
-    trap - EXIT INT TERM
+    trap - EXIT
+    trap '' INT TERM  # a second signal (Ctrl-C twice, a group-wide TERM) must not cut cleanup short
     echo; echo "==> stopping demo"
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done

@@ -13,8 +13,13 @@ python="${PYTHON:-python3}"
 [[ "${SKIP_INSTALL:-0}" == 1 ]] || bash scripts/install.sh
 
 state="$(mktemp -d /tmp/segments-test.XXXXXX)"
-cleanup() { "$python" scripts/services.py --state-dir "$state" stop all >/dev/null 2>&1 || true; rm -rf "$state"; }
-trap cleanup EXIT INT TERM
+cleanup() {
+    trap '' INT TERM  # a second signal must not cut the clean-up short
+    "$python" scripts/services.py --state-dir "$state" stop all >/dev/null 2>&1 || true
+    rm -rf "$state"
+}
+trap cleanup EXIT
+trap 'exit 143' INT TERM  # exit runs the EXIT trap, once
 
 echo "==> services: redis, kafka, tansu"
 "$python" scripts/services.py --state-dir "$state" start redis kafka tansu
