@@ -107,7 +107,6 @@ class ConsumerApp:
         self.stopping = asyncio.Event()
         self.totals = ConsumerTotals()
         self.latency_ms: collections.deque[float] = collections.deque(maxlen=200_000)
-        self.assigned = asyncio.Event()
         self._locks = [asyncio.Lock() for _ in range(settings.kafka.lanes)]
 
     def latency_summary(self) -> dict[str, float]:
@@ -209,8 +208,6 @@ class ConsumerApp:
         lock = self._locks[lane]
         while not self.stopping.is_set():
             mine = [tp for tp in consumer.assignment() if tp.partition % lanes == lane]
-            if consumer.assignment():
-                self.assigned.set()
             if not mine:
                 await asyncio.sleep(s.poll_timeout_ms / 1000)
                 continue

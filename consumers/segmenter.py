@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
 import orjson
 
+from schemas.changes import trigger_identity
 from service.errors import WriteConflict
 from service.segmentation.classifier import classify
 from service.segmentation.rules import Rules
@@ -65,14 +66,14 @@ class Trigger:
 
     def identity(self) -> str:
         """Names the trigger stably: an input of the deterministic ``change_id``."""
-        if self.event_id is not None:
-            return f"event:{self.topic}:{self.partition}:{self.offset}:{self.event_id}"
-        parts: list[str] = []
-        if self.review_at is not None:
-            parts.append(f"time:{self.review_at.astimezone(UTC).isoformat()}")
-        if self.rules_version is not None:
-            parts.append(f"rules:{self.rules_version}")
-        return "|".join(parts)
+        return trigger_identity(
+            self.event_id,
+            self.topic,
+            self.partition,
+            self.offset,
+            self.review_at,
+            self.rules_version,
+        )
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -220,13 +221,11 @@ class Segmenter:
         *,
         changes_topic: str,
         rules: Callable[[], Rules],
-        retry: Callable[[Callable[[], Awaitable[object]], str], Awaitable[object]] | None = None,
     ) -> None:
         self._store = store
         self._sink = sink
         self._topic = changes_topic
         self._rules = rules
-        self._retry = retry
         self._treatments: dict[tuple[str, str], dict[str, object]] = {}
 
     def _stored_json(self, stored: StoredSegmentation, rules: Rules) -> dict[str, object]:

@@ -7,7 +7,7 @@ downstream consumer can drop the repeats that a replay after a crash produces.
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, model_validator
@@ -149,14 +149,34 @@ class Trigger(BaseModel):
 
     def identity(self) -> str:
         """A stable string naming this trigger, an input of the deterministic ``change_id``."""
-        if self.event_id is not None:
-            return f"event:{self.topic}:{self.partition}:{self.offset}:{self.event_id}"
-        parts: list[str] = []
-        if self.review_at is not None:
-            parts.append(f"time:{self.review_at.astimezone(UTC).isoformat()}")
-        if self.rules_version is not None:
-            parts.append(f"rules:{self.rules_version}")
-        return "|".join(parts)
+        return trigger_identity(
+            self.event_id,
+            self.topic,
+            self.partition,
+            self.offset,
+            self.review_at,
+            self.rules_version,
+        )
+
+
+def trigger_identity(
+    event_id: str | None,
+    topic: str | None,
+    partition: int | None,
+    offset: int | None,
+    review_at: datetime | None,
+    rules_version: str | None,
+) -> str:
+    """Names a trigger stably (part of the ``change_id`` contract): the source record for an
+    event, else the review instant and/or the rules version."""
+    if event_id is not None:
+        return f"event:{topic}:{partition}:{offset}:{event_id}"
+    parts: list[str] = []
+    if review_at is not None:
+        parts.append(f"time:{review_at.astimezone(UTC).isoformat()}")
+    if rules_version is not None:
+        parts.append(f"rules:{rules_version}")
+    return "|".join(parts)
 
 
 class SegmentChange(BaseModel):

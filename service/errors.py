@@ -16,10 +16,6 @@ class StopRequested(SegmentsError):
     code = "stopping"
 
 
-class ConfigError(SegmentsError):
-    code = "config_invalid"
-
-
 class StoreUnavailable(SegmentsError):
     code = "store_unavailable"
     retriable = True

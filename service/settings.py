@@ -21,7 +21,6 @@ class ValidationSettings(BaseModel):
 
     model_config = ConfigDict(use_attribute_docstrings=True)
 
-
     max_record_bytes: int = Field(default=65_536, ge=256)
     """Records larger than this are dead-lettered unparsed."""
     max_amount: Decimal = Field(default=Decimal("1000000"), gt=0)
@@ -127,7 +126,6 @@ class ApiSettings(BaseModel):
     ``SEGMENTS_API__KEYS='[{"name":"checkout","sha256":"<hex>","scopes":["segments:read"]}]'``."""
 
     model_config = ConfigDict(use_attribute_docstrings=True)
-
 
     keys: tuple[ApiKey, ...] = ()
     """Accepted API keys. With none configured every protected call is refused (401) unless

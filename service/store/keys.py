@@ -38,18 +38,3 @@ class Keys:
 
     def due(self, shard: int) -> str:
         return f"{self.tag(shard)}:due"
-
-    def customer_id_from_key(self, key: str) -> str:
-        return key.split(":c:", 1)[1]
-
-    # Global state, outside the shards.
-    @property
-    def rules_active(self) -> str:
-        return f"{self.prefix}rules:active"
-
-    @property
-    def rules_history(self) -> str:
-        return f"{self.prefix}rules:history"
-
-    def rules_document(self, version: str) -> str:
-        return f"{self.prefix}rules:doc:{version}"
