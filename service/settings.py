@@ -152,6 +152,20 @@ class ApiSettings(BaseModel):
         return keys
 
 
+class ProbesSettings(BaseModel):
+    """Health and metrics port of the roles without an API (``segments consume``, the
+    sweeper): ``/healthz``, ``/readyz``, ``/metrics``."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    port: int = Field(default=9400, ge=0, le=65_535)
+    """Port of the probes server; 0 turns it off."""
+    host: str = "0.0.0.0"  # noqa: S104 - the kubelet and Prometheus reach the pod's address
+    """Interface the probes server listens on (all by default)."""
+    check_timeout_s: float = Field(default=2.0, gt=0, le=30)
+    """Each readiness check (Redis PING, Kafka metadata) must answer within this, seconds."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         use_attribute_docstrings=True,
@@ -165,6 +179,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     state: StateSettings = Field(default_factory=StateSettings)
+    probes: ProbesSettings = Field(default_factory=ProbesSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     rules_file: Path | None = None
     """Rules YAML to use; the packaged default when unset."""
