@@ -64,6 +64,12 @@ def _api(args: argparse.Namespace) -> int:
         access_log=False,
         # behind a load balancer a worker may be handed a long keep-alive connection
         timeout_keep_alive=30,
+        # SIGTERM: stop accepting, let requests in flight finish for at most this long, exit;
+        # keep it below the orchestrator's grace period (k8s terminationGracePeriodSeconds,
+        # compose stop_grace_period)
+        timeout_graceful_shutdown=args.timeout_graceful_shutdown,
+        proxy_headers=args.proxy_headers,
+        forwarded_allow_ips=args.forwarded_allow_ips,
     )
     return 0
 
@@ -79,6 +85,25 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=8000)
     api.add_argument(
         "--workers", type=int, default=1, help="uvicorn worker processes (one per core)"
+    )
+    api.add_argument(
+        "--timeout-graceful-shutdown",
+        type=int,
+        default=20,
+        metavar="SECONDS",
+        help="on SIGTERM, wait this long for requests in flight before closing (default 20)",
+    )
+    api.add_argument(
+        "--proxy-headers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="trust X-Forwarded-For/-Proto from --forwarded-allow-ips (default on)",
+    )
+    api.add_argument(
+        "--forwarded-allow-ips",
+        default="127.0.0.1",
+        metavar="IPS",
+        help="comma-separated proxy addresses (or '*') whose X-Forwarded-* headers are trusted",
     )
     api.set_defaults(run=_api)
 
