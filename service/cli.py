@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from service.settings import get_settings
@@ -15,6 +18,13 @@ def _consume(_: argparse.Namespace) -> int:
     from consumers.runner import run_consumer
 
     asyncio.run(run_consumer(get_settings()))
+    return 0
+
+
+def _sweep(_: argparse.Namespace) -> int:
+    from consumers.sweeper import main as run_sweep
+
+    asyncio.run(run_sweep(get_settings()))
     return 0
 
 
@@ -51,27 +61,56 @@ def _demo(args: argparse.Namespace) -> int:
 def _api(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from service.logs import logging_config
+
     settings = get_settings()
-    uvicorn.run(
-        "service.api.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        loop="uvloop",
-        http="httptools",
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        # behind a load balancer a worker may be handed a long keep-alive connection
-        timeout_keep_alive=30,
-        # SIGTERM: stop accepting, let requests in flight finish for at most this long, exit;
-        # keep it below the orchestrator's grace period (k8s terminationGracePeriodSeconds,
-        # compose stop_grace_period)
-        timeout_graceful_shutdown=args.timeout_graceful_shutdown,
-        proxy_headers=args.proxy_headers,
-        forwarded_allow_ips=args.forwarded_allow_ips,
-    )
+    with _multiprocess_metrics(args.workers):
+        uvicorn.run(
+            "service.api.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            loop="uvloop",
+            http="httptools",
+            log_level=settings.log_level.lower(),
+            log_config=logging_config(settings.log_level),  # JSON lines from every worker
+            access_log=False,
+            # behind a load balancer a worker may be handed a long keep-alive connection
+            timeout_keep_alive=30,
+            # SIGTERM: stop accepting, let requests in flight finish for at most this long, exit;
+            # keep it below the orchestrator's grace period (k8s terminationGracePeriodSeconds,
+            # compose stop_grace_period)
+            timeout_graceful_shutdown=args.timeout_graceful_shutdown,
+            proxy_headers=args.proxy_headers,
+            forwarded_allow_ips=args.forwarded_allow_ips,
+        )
     return 0
+
+
+@contextlib.contextmanager
+def _multiprocess_metrics(workers: int) -> Iterator[None]:
+    """With several workers, prometheus_client's multiprocess mode: every worker writes its
+    samples under ``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics`` sums them. A directory given
+    in the environment is emptied of stale samples; otherwise a temporary one is made (and
+    removed at exit). Set before the workers start: the library reads it at import."""
+    if workers <= 1:
+        yield
+        return
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        directory = Path(given)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="segments-metrics-") as made:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
+        try:
+            yield
+        finally:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("consume", help="run the event consumer").set_defaults(run=_consume)
+
+    sub.add_parser(
+        "sweep", help="re-classify customers whose segment changes with time (next_review_at)"
+    ).set_defaults(run=_sweep)
 
     api = sub.add_parser("api", help="serve the HTTP API and dashboard")
     api.add_argument("--host", default="127.0.0.1")

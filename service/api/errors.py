@@ -135,6 +135,9 @@ def _validation_response(exc: RequestValidationError) -> Response:
 
 
 def _store_unavailable(request: Request) -> Response:
+    # Counted by route template (bounded), e.g. "/readyz" or "/v1/customers/{customer_id}/segment".
+    route = getattr(request.scope.get("route"), "path", None) or "unmatched"
+    request.app.state.metrics.redis_error(route)
     retry_after = str(request.app.state.settings.api.retry_after_s)
     return error_response(
         503,
