@@ -100,6 +100,29 @@ class StateSettings(BaseModel):
     """Recent event ids remembered per customer to drop producer duplicates."""
 
 
+class SweepSettings(BaseModel):
+    """The time-driven sweeper (``segments sweep``, or inside the consumer): re-classifies the
+    customers whose ``next_review_at`` has passed; sweepers share the shards through leases."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    interval_s: float = Field(default=1.0, gt=0, le=60)
+    """Pause between two passes over the held shards, seconds; bounds the lag from
+    ``next_review_at`` to the change event (about one interval plus one batch)."""
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    """Due customers re-classified per batch (one read, one produce, one write round trip);
+    a backlog drains batch by batch, shared fairly between the held shards."""
+    lease_ttl_s: float = Field(default=10.0, ge=0.5, le=600)
+    """Lease time of a shard: a dead sweeper's shards are taken over within this (plus one
+    renewal), and a sweeper that cannot renew stops acting on them before it runs out."""
+    renew_every_s: float | None = Field(default=None, gt=0)
+    """How often leases are renewed and shards rebalanced; a third of the lease time when
+    unset."""
+    in_consumer: bool = False
+    """Also sweep inside every ``segments consume`` process (then no separate
+    ``segments sweep`` is needed; the consumers share the shards through the same leases)."""
+
+
 ApiScope = Literal["segments:read", "admin"]
 
 
@@ -181,6 +204,7 @@ class Settings(BaseSettings):
     state: StateSettings = Field(default_factory=StateSettings)
     probes: ProbesSettings = Field(default_factory=ProbesSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    sweep: SweepSettings = Field(default_factory=SweepSettings)
     rules_file: Path | None = None
     """Rules YAML to use; the packaged default when unset."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
