@@ -123,6 +123,27 @@ class SweepSettings(BaseModel):
     ``segments sweep`` is needed; the consumers share the shards through the same leases)."""
 
 
+class StreamSettings(BaseModel):
+    """The live change stream (``/v1/segment-changes/stream``) and the dashboard's figures."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    heartbeat_s: float = Field(default=15.0, gt=0)
+    """A comment line is sent to every viewer this often, seconds, so proxies keep the
+    connection open and a dead viewer is noticed."""
+    ring_size: int = Field(default=10_000, ge=1)
+    """Recent changes kept in memory per API worker; a viewer resuming (``Last-Event-ID``)
+    within them is served from memory, an older one re-reads Kafka."""
+    viewer_queue: int = Field(default=5_000, ge=1)
+    """Changes waiting to be sent to one viewer; a viewer that falls further behind is told
+    (``event: overflow``) and disconnected, and resumes by ``Last-Event-ID``."""
+    start_timeout_s: float = Field(default=10.0, gt=0)
+    """How long a viewer waits for the worker's change reader to join the topic before 503."""
+    kpi_sample: int = Field(default=20_000, ge=100)
+    """Customers read to compute the per-segment KPIs (net spend 30 days); beyond it the
+    figures are extrapolated from whole shards (customers are spread evenly over shards)."""
+
+
 ApiScope = Literal["segments:read", "admin"]
 
 
@@ -204,6 +225,7 @@ class Settings(BaseSettings):
     state: StateSettings = Field(default_factory=StateSettings)
     probes: ProbesSettings = Field(default_factory=ProbesSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    stream: StreamSettings = Field(default_factory=StreamSettings)
     sweep: SweepSettings = Field(default_factory=SweepSettings)
     rules_file: Path | None = None
     """Rules YAML to use; the packaged default when unset."""

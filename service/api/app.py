@@ -16,11 +16,13 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from service.api.auth import SECURITY_SCHEME, SECURITY_SCHEME_SPEC, KeyRing
+from service.api.changes_hub import ChangeHub
 from service.api.deps import Clock, RulesProvider, StaticRules, utc_now
 from service.api.errors import install_error_handlers
+from service.api.figures import Figures
 from service.api.limits import BodyLimitMiddleware
 from service.api.metrics import ApiMetrics, MetricsMiddleware
-from service.api.routes import customers, health, segments
+from service.api.routes import customers, dashboard, health, segments, stats, stream
 from service.api.routes import rules as rules_routes
 from service.segmentation.rules import load_rules
 from service.settings import ApiSettings, Settings, get_settings
@@ -28,6 +30,7 @@ from service.store.keys import Keys
 from service.store.multiplex import MultiplexedRedis
 from service.store.reads import StateReader
 from service.store.redis_client import create_redis
+from service.store.stats import ChangeCounter
 
 API_VERSION = "1.0.0"
 
@@ -62,7 +65,15 @@ def create_app(
             if settings.redis.cluster
             else MultiplexedRedis(settings.redis.url, timeout_s=settings.redis.socket_timeout_s)
         )
-        app.state.reader = StateReader(redis, Keys(settings.redis.key_prefix), fast=fast)
+        keys = Keys(settings.redis.key_prefix)
+        app.state.reader = StateReader(redis, keys, fast=fast)
+        app.state.figures = Figures(settings, redis, app.state.reader)
+        # One reader of the changes topic per worker for every live-stream viewer; started
+        # now (not on the first viewer) because it also counts changes for the dashboard.
+        # It connects in the background: the API serves without Kafka.
+        hub = ChangeHub(settings, ChangeCounter(redis, keys, settings.kafka.changes_topic))
+        app.state.hub = hub
+        hub.start()
         # Everything built so far lives as long as the process: keep it out of the cyclic
         # collector's scans, which otherwise walk it on every full collection (tail latency).
         gc.collect()
@@ -71,6 +82,8 @@ def create_app(
             yield
         finally:
             gc.unfreeze()
+            await hub.stop()
+            await app.state.figures.aclose()
             if fast is not None:
                 await fast.aclose()
             await redis.aclose()
@@ -109,7 +122,10 @@ def create_app(
     app.include_router(customers.router)
     app.include_router(segments.router)
     app.include_router(rules_routes.router)
+    app.include_router(stream.router)
+    app.include_router(stats.router)
     app.include_router(health.router)
+    app.include_router(dashboard.router)
     if api.metrics:
         app.include_router(health.metrics_router)
 
