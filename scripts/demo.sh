@@ -37,7 +37,10 @@ if [[ "$broker" == tansu ]]; then export SEGMENTS_KAFKA_BOOTSTRAP="$SEGMENTS_TAN
 # A fresh admin key for this demo run (only its SHA-256 is configured, as in production).
 demo_key="${SEGMENTS_DEMO_KEY:-demo-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
 demo_key_sha="$(printf %s "$demo_key" | sha256sum | cut -d' ' -f1)"
-demo_keys="$(printf '[{"name":"demo","sha256":"%s","scopes":["admin"]}]' "$demo_key_sha")"
+# And a read-only key for the dashboard (what an operator's screen should hold).
+read_key="${SEGMENTS_DEMO_READ_KEY:-read-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
+read_key_sha="$(printf %s "$read_key" | sha256sum | cut -d' ' -f1)"
+demo_keys="$(printf '[{"name":"demo","sha256":"%s","scopes":["admin"]},{"name":"dashboard","sha256":"%s","scopes":["segments:read"]}]' "$demo_key_sha" "$read_key_sha")"
 export SEGMENTS_API__KEYS="${SEGMENTS_API__KEYS:-$demo_keys}"
 
 "$python" -m service.cli topics
@@ -49,10 +52,13 @@ export SEGMENTS_API__KEYS="${SEGMENTS_API__KEYS:-$demo_keys}"
 cat <<TXT
 
   Customer segmentation demo is running.
+    Dashboard        http://127.0.0.1:$port/   (paste the read key)
+    Read key         $read_key
     API docs         http://127.0.0.1:$port/docs
-    API key          $demo_key
+    Admin key        $demo_key
     A customer       curl -H "Authorization: Bearer $demo_key" http://127.0.0.1:$port/v1/customers/c-000001/segment
     Segments         curl -H "Authorization: Bearer $demo_key" http://127.0.0.1:$port/v1/segments
+    Live changes     curl -N -H "Authorization: Bearer $read_key" http://127.0.0.1:$port/v1/segment-changes/stream
     Metrics          http://127.0.0.1:$port/metrics
     Kafka            $SEGMENTS_KAFKA_BOOTSTRAP ($broker)     Redis  $SEGMENTS_REDIS_URL
     Logs             $state/{consumer,api,demo}.log

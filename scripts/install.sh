@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare a fresh Debian machine (as root) for tests, demo and benchmarks:
-#   redis-server + redis-cli, Java + Maven (for the Apache Kafka broker), the project with its
+#   redis-server + redis-cli, Java + Maven (for the Apache Kafka broker), chromium (for the
+#   dashboard's browser test), the project with its
 #   test/tansu/peers extras (editable), and the Kafka broker jars (fetched once into the cache).
 # Idempotent: whatever is already there is left alone. Usage: scripts/install.sh
 set -euo pipefail
@@ -28,6 +29,8 @@ command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || apt_packages+=(redis-tools)
 command -v java >/dev/null 2>&1 || apt_packages+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || apt_packages+=(maven)
+# Debian's chromium for the dashboard's browser test (Playwright drives this executable).
+command -v chromium >/dev/null 2>&1 || apt_packages+=(chromium)
 
 if ((${#apt_packages[@]})); then
     [[ "$(id -u)" == 0 ]] || fail "need root to apt-get install ${apt_packages[*]}"
