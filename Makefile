@@ -1,6 +1,6 @@
 # Two commands do everything: `make demo` runs the system, `make test` runs every test.
 PYTHON ?= python3
-.PHONY: install demo demo-stop test test-fast lint schemas bench-pipeline bench-api bench-classifier
+.PHONY: install demo demo-stop test test-fast lint lock lock-upgrade schemas bench-pipeline bench-api bench-classifier
 
 install:
 	bash scripts/install.sh
@@ -20,6 +20,18 @@ test-fast:
 
 lint:
 	bash scripts/lint.sh
+
+# requirements.lock: the runtime dependencies of pyproject.toml pinned with hashes, for the
+# image (pip install --require-hashes). Resolved for Python 3.11 on every platform; `lock`
+# keeps the current pins where they still fit, `lock-upgrade` moves to the newest.
+LOCK = $(PYTHON) -m uv pip compile pyproject.toml --quiet --generate-hashes --universal \
+	--python-version 3.11 --custom-compile-command "make lock" --output-file requirements.lock
+
+lock:
+	$(LOCK)
+
+lock-upgrade:
+	$(LOCK) --upgrade
 
 schemas:
 	$(PYTHON) -m schemas.generate
