@@ -218,6 +218,9 @@ class Figures:
         except (KafkaError, OSError, TimeoutError) as exc:
             out["error"] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             return out
+        if not tps:
+            out["error"] = f"no partitions known for {kafka.events_topic} (Kafka unreachable?)"
+            return out
         total = 0
         known = False
         for tp in tps:
