@@ -314,20 +314,25 @@ class Sweeper:
         active = {lease.shard: 0 for lease in self.keeper.held()}
         seen: set[tuple[str, int]] = set()
         reviewed = 0
-        while active and not self.stopping.is_set():
-            now = self._clock()
-            per_shard = max(1, math.ceil(batch_size / len(active)))
-            batch, active = await self._due_batch(active, epoch_ms(now), per_shard, seen)
-            if not batch:
-                break
-            seen.update((d.customer_id, d.due_ms) for d in batch)
-            reviewed += await self._review(batch, now)
-            not_moved = await self._not_moved(batch)
-            for d in not_moved:
-                if d.shard in active:
-                    active[d.shard] += 1
-            self.stats.skipped += len(not_moved)
-            await asyncio.sleep(0)  # let everything else in this process run between batches
+        try:
+            while active and not self.stopping.is_set():
+                now = self._clock()
+                per_shard = max(1, math.ceil(batch_size / len(active)))
+                batch, active = await self._due_batch(active, epoch_ms(now), per_shard, seen)
+                if not batch:
+                    break
+                self.keeper.busy = {d.shard for d in batch}
+                seen.update((d.customer_id, d.due_ms) for d in batch)
+                reviewed += await self._review(batch, now)
+                not_moved = await self._not_moved(batch)
+                for d in not_moved:
+                    if d.shard in active:
+                        active[d.shard] += 1
+                self.stats.skipped += len(not_moved)
+                self.keeper.busy = set()
+                await asyncio.sleep(0)  # let everything else in this process run in between
+        finally:
+            self.keeper.busy = set()
         self.stats.passes += 1
         return reviewed
 
@@ -337,6 +342,7 @@ class Sweeper:
         """Up to ``per_shard`` due entries from each active shard; shards with no more due
         entries leave the pass."""
         shards = [s for s in active if self.keeper.lease_of(s) is not None]
+        self.keeper.busy = set(shards)  # kept until the batch is reviewed (not given up meanwhile)
         pipe = self._redis.pipeline(transaction=False)
         for shard in shards:
             pipe.zrangebyscore(

@@ -241,6 +241,9 @@ class ShardLeaseKeeper:
         self._all = list(shards)
         self._rng = rng or random.Random()  # noqa: S311 - spreading shards, not secrecy
         self._held: dict[int, Lease] = {}
+        self.busy: set[int] = set()
+        """Shards the worker is using right now: a rebalance gives other shards up first and
+        these only once they are no longer busy (a later tick)."""
         self.live_workers = 0
         self.taken = 0
         """Leases acquired since start (a takeover counts too)."""
@@ -268,7 +271,8 @@ class ShardLeaseKeeper:
         self._held = {x.shard: x for x in renewed}
         target = math.ceil(len(self._all) / self.live_workers)
         if len(self._held) > target:
-            excess = self._rng.sample(sorted(self._held), len(self._held) - target)
+            idle = sorted(set(self._held) - self.busy)
+            excess = self._rng.sample(idle, min(len(idle), len(self._held) - target))
             await self.leases.release([self._held.pop(s) for s in excess])
             return
         free = [s for s in self._all if s not in self._held]
