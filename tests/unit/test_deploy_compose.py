@@ -4,6 +4,7 @@ real roles, addresses that name the services, scrape targets on the ports the ro
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -151,9 +152,9 @@ def test_prometheus_scrapes_every_role_on_its_port() -> None:
             assert path in PROBE_PATHS, (job, path)
 
 
-def _mounts(service: str) -> dict[str, str]:
+def _mounts(service: str) -> dict[str, Path]:
     """Container path → host path (resolved) of a service's bind mounts."""
-    mounts = {}
+    mounts: dict[str, Path] = {}
     for volume in SERVICES[service]["volumes"]:
         source, target = volume.split(":")[:2]
         mounts[target] = (DEPLOY / source).resolve()

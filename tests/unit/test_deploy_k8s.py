@@ -50,7 +50,8 @@ def _pod(workload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _container(workload: dict[str, Any]) -> dict[str, Any]:
-    (container,) = _pod(workload)["containers"]
+    containers: list[dict[str, Any]] = _pod(workload)["containers"]
+    (container,) = containers
     return container
 
 
