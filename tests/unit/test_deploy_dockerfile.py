@@ -134,4 +134,4 @@ def test_dockerignore_keeps_what_the_build_copies(copied: str) -> None:
 
 def test_dockerignore_leaves_out_local_state() -> None:
     patterns = set((ROOT / ".dockerignore").read_text().split())
-    assert {".git", ".venv", ".services", "**/__pycache__"} <= patterns
+    assert {".git", ".venv", ".services", "**/__pycache__", ".env"} <= patterns
