@@ -29,7 +29,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import math
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -266,6 +265,8 @@ class Sweeper:
             self._store, sink, changes_topic=settings.kafka.changes_topic, rules=rules
         )
         self._drop: AsyncScript = redis.register_script(_lua("due_drop"))
+        self._cursor = 0
+        """Where the next batch starts when more shards have due entries than fit in one."""
 
     @property
     def owner(self) -> str:
@@ -317,9 +318,10 @@ class Sweeper:
         try:
             while active and not self.stopping.is_set():
                 now = self._clock()
-                per_shard = max(1, math.ceil(batch_size / len(active)))
-                batch, active = await self._due_batch(active, epoch_ms(now), per_shard, seen)
+                batch, active = await self._due_batch(active, epoch_ms(now), batch_size, seen)
                 if not batch:
+                    if active:
+                        continue  # shards not asked yet this time round
                     break
                 self.keeper.busy = {d.shard for d in batch}
                 seen.update((d.customer_id, d.due_ms) for d in batch)
@@ -337,11 +339,18 @@ class Sweeper:
         return reviewed
 
     async def _due_batch(
-        self, active: dict[int, int], now_ms: int, per_shard: int, seen: set[tuple[str, int]]
+        self, active: dict[int, int], now_ms: int, batch_size: int, seen: set[tuple[str, int]]
     ) -> tuple[list[_Due], dict[int, int]]:
-        """Up to ``per_shard`` due entries from each active shard; shards with no more due
-        entries leave the pass."""
-        shards = [s for s in active if self.keeper.lease_of(s) is not None]
+        """At most ``batch_size`` due entries, an equal share from each active shard (with more
+        active shards than that, one each from the next ``batch_size`` shards in turn).
+        Returns them and the shards that may still have due entries."""
+        held = [s for s in active if self.keeper.lease_of(s) is not None]
+        shards = held
+        if len(held) > batch_size:
+            start = self._cursor % len(held)
+            shards = (held[start:] + held[:start])[:batch_size]
+            self._cursor += batch_size
+        per_shard = max(1, batch_size // len(shards)) if shards else 0
         self.keeper.busy = set(shards)  # kept until the batch is reviewed (not given up meanwhile)
         pipe = self._redis.pipeline(transaction=False)
         for shard in shards:
@@ -354,8 +363,9 @@ class Sweeper:
                 withscores=True,
             )
         replies = await pipe.execute() if shards else []
+        asked = set(shards)
+        still = {s: active[s] for s in held if s not in asked}  # not asked this time
         batch: list[_Due] = []
-        still: dict[int, int] = {}
         for shard, entries in zip(shards, replies, strict=True):
             fresh = [
                 _Due(_text(member), shard, int(score))

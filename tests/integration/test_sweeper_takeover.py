@@ -201,6 +201,7 @@ async def test_two_sweepers_and_a_killed_one_review_everyone_once(make_settings,
         except orjson.JSONDecodeError:
             continue
         if entry.get("msg") == "sweep batch":
+            assert entry["customers"] <= VICTIM_BATCH  # batches stay bounded
             batches.append(("victim", frozenset(entry["shards"]), entry["started"], entry["ended"]))
     assert any(owner == "victim" for owner, *_ in batches)
     by_shard: dict[int, list[tuple[float, float, str]]] = defaultdict(list)
