@@ -134,10 +134,14 @@ def _validation_response(exc: RequestValidationError) -> Response:
     return error_response(422, "validation_failed", "the request is not valid", details)
 
 
+def _route(request: Request) -> str:
+    """The route template (``/v1/customers/{customer_id}/segment``): bounded, and no customer
+    id in logs or labels."""
+    return getattr(request.scope.get("route"), "path", None) or "unmatched"
+
+
 def _store_unavailable(request: Request) -> Response:
-    # Counted by route template (bounded), e.g. "/readyz" or "/v1/customers/{customer_id}/segment".
-    route = getattr(request.scope.get("route"), "path", None) or "unmatched"
-    request.app.state.metrics.redis_error(route)
+    request.app.state.metrics.redis_error(_route(request))
     retry_after = str(request.app.state.settings.api.retry_after_s)
     return error_response(
         503,
@@ -181,11 +185,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return await on_unexpected(request, exc)
 
     async def on_redis_down(request: Request, exc: Exception) -> Response:
-        log.warning("redis unavailable", extra={"path": request.url.path, "error": repr(exc)})
+        log.warning("redis unavailable", extra={"route": _route(request), "error": repr(exc)})
         return _store_unavailable(request)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
+        log.error("unhandled error", exc_info=exc, extra={"route": _route(request)})
         return error_response(500, "internal", "internal error")
 
     app.add_exception_handler(ApiError, on_api_error)
