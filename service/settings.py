@@ -144,6 +144,28 @@ class StreamSettings(BaseModel):
     figures are extrapolated from whole shards (customers are spread evenly over shards)."""
 
 
+class RulesSettings(BaseModel):
+    """Rules changed at run time: the registry in Redis, its watchers, re-classification."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    poll_interval_s: float = Field(default=2.0, gt=0, le=60)
+    """Every instance re-reads the active rules version this often, in case a change
+    notification (Redis pub/sub) was missed; a change is normally seen at once."""
+    dry_run_sample: int = Field(default=2_000, ge=0, le=100_000)
+    """Customers a ``PUT /v1/rules?dry_run=true`` classifies with both rule sets to count
+    who would move from which segment to which."""
+    history_limit: int = Field(default=100, ge=1, le=10_000)
+    """Activations kept in the rules history (stored rule versions are kept regardless)."""
+    reclassify_grace_s: float = Field(default=5.0, ge=0, le=300)
+    """Re-classification after an activation waits this long, so every instance (consumers,
+    sweepers) already classifies with the new version when it starts."""
+    reclassify_batch: int = Field(default=500, ge=1, le=10_000)
+    """Customers read, classified and written per round trip during re-classification."""
+    reclassify_lease_s: float = Field(default=30.0, ge=1, le=600)
+    """Lease on one shard's re-classification; a dead worker's shard is taken over after it."""
+
+
 ApiScope = Literal["segments:read", "admin"]
 
 
@@ -225,6 +247,7 @@ class Settings(BaseSettings):
     state: StateSettings = Field(default_factory=StateSettings)
     probes: ProbesSettings = Field(default_factory=ProbesSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    rules: RulesSettings = Field(default_factory=RulesSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
     sweep: SweepSettings = Field(default_factory=SweepSettings)
     rules_file: Path | None = None
