@@ -24,6 +24,8 @@ from service.api.limits import BodyLimitMiddleware
 from service.api.metrics import ApiMetrics, MetricsMiddleware
 from service.api.routes import customers, dashboard, health, segments, stats, stream
 from service.api.routes import rules as rules_routes
+from service.rules_runtime import RulesWatcher
+from service.rules_store import RulesRegistry
 from service.segmentation.rules import load_rules
 from service.settings import ApiSettings, Settings, get_settings
 from service.store.keys import Keys
@@ -53,7 +55,8 @@ def create_app(
     rules: RulesProvider | None = None,
 ) -> FastAPI:
     """The API. ``settings`` default to the environment; ``clock`` to the system clock (UTC);
-    ``rules`` to the rules file of the settings (or the packaged default)."""
+    ``rules`` to a watcher of the rules registry in Redis (the rules activated at run time),
+    with the rules file of the settings (or the packaged default) as fallback."""
     settings = settings or get_settings()
     api = settings.api
 
@@ -74,6 +77,19 @@ def create_app(
         hub = ChangeHub(settings, ChangeCounter(redis, keys, settings.kafka.changes_topic))
         app.state.hub = hub
         hub.start()
+        app.state.redis = redis
+        app.state.registry = RulesRegistry(redis, keys, history_limit=settings.rules.history_limit)
+        watcher: RulesWatcher | None = None
+        if rules is None:
+            # Follow the rules activated at run time (PUT /v1/rules): pub/sub plus polling.
+            watcher = RulesWatcher(
+                app.state.registry,
+                redis,
+                fallback=app.state.rules_fallback,
+                poll_interval_s=settings.rules.poll_interval_s,
+            )
+            await watcher.start()
+            app.state.rules = watcher
         # Everything built so far lives as long as the process: keep it out of the cyclic
         # collector's scans, which otherwise walk it on every full collection (tail latency).
         gc.collect()
@@ -84,6 +100,8 @@ def create_app(
             gc.unfreeze()
             await hub.stop()
             await app.state.figures.aclose()
+            if watcher is not None:
+                await watcher.aclose()
             if fast is not None:
                 await fast.aclose()
             await redis.aclose()
@@ -100,8 +118,11 @@ def create_app(
     app.state.settings = settings
     app.state.keyring = KeyRing(api)
     app.state.clock = clock or utc_now
-    # Loaded now, not in the lifespan: a bad rules file stops the process at start.
-    app.state.rules = rules or StaticRules(load_rules(settings.rules_file))
+    # Loaded now, not in the lifespan: a bad rules file stops the process at start. Without an
+    # explicit provider, the lifespan replaces it by a watcher of the rules registry, for which
+    # the file's rules are the fallback (in effect while nothing was activated at run time).
+    app.state.rules_fallback = rules.current() if rules else load_rules(settings.rules_file)
+    app.state.rules = rules or StaticRules(app.state.rules_fallback)
     app.state.metrics = ApiMetrics()
 
     def openapi() -> dict[str, Any]:
@@ -134,7 +155,7 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(api.cors_origins),
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "PUT"],
             allow_headers=["Authorization", "Content-Type"],
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=api.max_body_bytes)

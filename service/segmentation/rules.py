@@ -724,6 +724,14 @@ def parse_rules(text: str) -> Rules:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise RulesError([{"path": "", "message": f"not valid YAML/JSON: {exc}"}]) from None
+    return rules_from_data(data)
+
+
+def rules_from_data(data: object) -> Rules:
+    """Validate an already parsed document (e.g. a JSON request body) into :class:`Rules`.
+
+    Raises :class:`RulesError` like :func:`parse_rules`.
+    """
     if not isinstance(data, dict):
         raise RulesError([{"path": "", "message": "the document must be a mapping"}])
     try:
