@@ -49,6 +49,62 @@ def _rules_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rules_run(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from service import rules_cli
+
+    settings = get_settings()
+    command = args.rules_command
+    if command == "diff":
+        work = rules_cli.diff(settings, args.file, args.against, args.sample)
+    elif command == "activate":
+        work = rules_cli.activate(settings, args.file, args.by)
+    elif command == "rollback":
+        work = rules_cli.rollback(settings, args.version, args.by)
+    elif command == "history":
+        work = rules_cli.history(settings, args.limit)
+    elif command == "reclassify":
+        work = rules_cli.reclassify(settings)
+    else:
+        as_of = datetime.fromisoformat(args.as_of) if args.as_of else None
+        work = rules_cli.suggest(
+            settings, args.out, args.seed, args.sample, args.k, args.base, as_of
+        )
+    return asyncio.run(work)
+
+
+def _add_rules_commands(rules: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    diff = rules.add_parser("diff", help="rule-level diff of a file against the active rules")
+    diff.add_argument("file")
+    diff.add_argument("--against", metavar="VERSION", help="a stored version instead")
+    diff.add_argument(
+        "--sample", action="store_true", help="also count who would move, on a sample"
+    )
+    activate = rules.add_parser("activate", help="validate, store and activate a rules file")
+    activate.add_argument("file")
+    activate.add_argument("--by", help="who (default cli:<user>)")
+    rollback = rules.add_parser("rollback", help="make a stored version active again")
+    rollback.add_argument("version")
+    rollback.add_argument("--by", help="who (default cli:<user>)")
+    history = rules.add_parser("history", help="activations and re-classification progress")
+    history.add_argument("--limit", type=int, default=20)
+    rules.add_parser(
+        "reclassify", help="work on the re-classification after an activation until done"
+    )
+    suggest = rules.add_parser(
+        "suggest", help="propose R/F/M and value thresholds from the data (and k-means clusters)"
+    )
+    suggest.add_argument("--out", help="write the rules file here (default: stdout)")
+    suggest.add_argument("--seed", type=int, default=1)
+    suggest.add_argument("--sample", type=int, default=100_000, help="customers sampled at most")
+    suggest.add_argument("--k", type=int, default=5, help="k-means clusters")
+    suggest.add_argument("--base", help="rules file to start from (default: the active rules)")
+    suggest.add_argument("--as-of", help="RFC 3339 instant to measure at (default: now)")
+    for name in ("diff", "activate", "rollback", "history", "reclassify", "suggest"):
+        rules.choices[name].set_defaults(run=_rules_run)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from service.demo import run_demo
 
@@ -160,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate = rules.add_parser("validate", help="validate a rules file and print its version")
     validate.add_argument("file")
     validate.set_defaults(run=_rules_validate)
+    _add_rules_commands(rules)
 
     demo = sub.add_parser("demo", help="produce synthetic customer traffic")
     demo.add_argument("--rate", type=float, default=200.0, help="events per second")
