@@ -157,7 +157,11 @@ class ConsumerApp:
                 else RespPipeline(s.redis.url, timeout_s=s.redis.socket_timeout_s)
             )
             store = RedisProfileStore(
-                redis, Keys(s.redis.key_prefix), ring_size=s.state.event_id_ring, fast=fast
+                redis,
+                Keys(s.redis.key_prefix),
+                ring_size=s.state.event_id_ring,
+                fast=fast,
+                cache_size=s.state.customer_cache // len(self._locks),  # lanes share no customer
             )
             stores.append(store)
             handlers.append(

@@ -125,20 +125,13 @@ _FENCE = (
 )
 
 
-_BUMP = (
-    "-- The revision moves too: a consumer that keeps decoded customers in memory sees by it\n"
-    "-- that someone else wrote the customer, and reads it again.\n"
-    "redis.call('HINCRBY', KEYS[1], 'v', 1)\n"
-)
-
-
 def _fenced_write_source() -> str:
-    """write_segment.lua behind the lease check, bumping the revision when it writes."""
+    """write_segment.lua behind the lease check (the script moves the revision on itself)."""
     source = _lua("write_segment").rstrip()
     body, last = source.rsplit("\n", 1)
     if last != "return 1":
         raise AssertionError("write_segment.lua no longer ends with 'return 1'")
-    return f"{_FENCE}{body}\n{_BUMP}return 1\n"
+    return f"{_FENCE}{body}\nreturn 1\n"
 
 
 class FencedStore:
@@ -146,9 +139,9 @@ class FencedStore:
 
     Reads go to the inner store; each write runs write_segment.lua behind a check that the
     lease it was made under is still current, in the same atomic call (the lease key shares the
-    customer's hash tag), and bumps the customer's revision so a consumer's cached copy is
-    seen to be stale. A write under a lost lease raises :class:`LeaseLost` (the writes of other
-    shards in the same call still land).
+    customer's hash tag); like every segment write it moves the customer's revision on, so a
+    consumer's cached copy is seen to be stale. A write under a lost lease raises
+    :class:`LeaseLost` (the writes of other shards in the same call still land).
     """
 
     def __init__(

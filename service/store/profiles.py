@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import itertools
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Protocol
@@ -11,7 +12,7 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from service.segmentation.profile import EventDelta
+from service.segmentation.profile import EventDelta, Profile, Totals
 from service.store.keys import Keys, shard_of
 from service.store.packing import (
     CustomerState,
@@ -82,12 +83,20 @@ class RedisProfileStore:
     """Customers as hashes, applied and segmented by Lua scripts (see packing.py for fields)."""
 
     def __init__(
-        self, redis: AnyRedis, keys: Keys, *, ring_size: int, fast: RespPipeline | None = None
+        self,
+        redis: AnyRedis,
+        keys: Keys,
+        *,
+        ring_size: int,
+        fast: RespPipeline | None = None,
+        cache_size: int = 0,
     ) -> None:
         self._redis = redis
         self._fast = fast
         """Hot-path client for a single Redis node (None: use redis-py, e.g. on a cluster)."""
         self._keys = keys
+        self._cache = _CustomerCache(cache_size) if cache_size > 0 else None
+        """Decoded customers this process applied to last (see :class:`_CustomerCache`)."""
         self._ring_size = str(ring_size)
         self._apply = _Script("apply")
         self._write = _Script("write_segment")
@@ -105,7 +114,42 @@ class RedisProfileStore:
 
         One pipelined round trip. Safe to repeat after any failure: the apply is idempotent.
         """
+        cache = self._cache
+        if cache is not None:
+            return await self._apply_cached(cache, requests, min_day=min_day)
+        outcomes, states = await self._apply_read(requests, set(), min_day=min_day)
+        return [x & 3 for x in outcomes], states
+
+    async def _apply_cached(
+        self, cache: _CustomerCache, requests: Sequence[ApplyRequest], *, min_day: int
+    ) -> tuple[list[int], dict[str, CustomerState]]:
+        """:meth:`apply`, reading back only the customers the cache does not hold.
+
+        The script's reply carries the revision it found; a cached customer is folded forward
+        locally (:meth:`_CustomerCache.fold`, the twin of the script) as long as every revision
+        is the one it expects. A customer not in the cache is taken to be new (revision 0), so
+        a new customer is never read back. Any other case (a customer created before and not
+        cached, another writer in between: another consumer after a rebalance, an erase) shows
+        as an unexpected revision: that customer is read back in a second round trip.
+        """
+        hits = cache.entries_for(requests, min_day)
+        tagged, states = await self._apply_read(requests, hits.keys(), min_day=min_day)
+        outcomes = [x & 3 for x in tagged]
+        lost = cache.fold(hits, requests, tagged, min_day=min_day)
+        if lost:
+            states.update(await self.read(lost, min_day=min_day))
+        for cid, entry in hits.items():  # ``fold`` took the lost ones out
+            states[cid] = entry.state(cid, entry.prune(min_day))
+        cache.keep(states, min_day)
+        return outcomes, states
+
+    async def _apply_read(
+        self, requests: Sequence[ApplyRequest], skip_read: Collection[str], *, min_day: int
+    ) -> tuple[list[int], dict[str, CustomerState]]:
+        """One pipeline: every apply (replies as the script gives them), then a read-back of
+        every touched customer not in ``skip_read``."""
         touched: dict[str, str] = {}
+        read_back: dict[str, str] = {}
         tail = f"{min_day} {self._ring_size}"
         n = len(requests)
         if self._fast is not None:
@@ -120,6 +164,8 @@ class RedisProfileStore:
                 if arg is None:
                     key = self._keys.customer(r.customer_id)
                     arg = touched[r.customer_id] = f"{prefix}${len(key)}\r\n{key}\r\n"
+                    if r.customer_id not in skip_read:
+                        read_back[r.customer_id] = arg
                 head = _apply_head(r, tail)
                 totals = encode_totals(r.delta.totals)
                 h = r.event_hash
@@ -129,9 +175,9 @@ class RedisProfileStore:
                 )
                 add_chunk(h)
                 add_chunk(b"\r\n")
-            for arg in touched.values():
+            for arg in read_back.values():
                 add_chunk(b"*2\r\n$7\r\nHGETALL\r\n" + arg[len(prefix) :].encode())
-            results = await self._run_packed(b"".join(chunks), n + len(touched), self._apply)
+            results = await self._run_packed(b"".join(chunks), n + len(read_back), self._apply)
         else:
             sha = self._apply.sha
             commands: list[Command] = []
@@ -141,27 +187,32 @@ class RedisProfileStore:
                 key = known or self._keys.customer(r.customer_id)
                 if known is None:
                     touched[r.customer_id] = key
+                    if r.customer_id not in skip_read:
+                        read_back[r.customer_id] = key
                 head = _apply_head(r, tail)
                 add(("EVALSHA", sha, 1, key, head, encode_totals(r.delta.totals), r.event_hash))
-            for key in touched.values():
+            for key in read_back.values():
                 add(("HGETALL", key))
             results = await self._run(commands, self._apply)
 
         outcomes = [int(x) for x in results[:n]]
         states = {
             cid: decode_customer(cid, _as_flat(fields), min_day=min_day)
-            for cid, fields in zip(touched, results[n:], strict=True)
+            for cid, fields in zip(read_back, results[n:], strict=True)
         }
         return outcomes, states
 
     async def read(self, customer_ids: Sequence[str], *, min_day: int) -> dict[str, CustomerState]:
         ids = list(dict.fromkeys(customer_ids))
         results = await self._run([("HGETALL", self._keys.customer(cid)) for cid in ids], None)
-        return {
+        states = {
             cid: decode_customer(cid, _as_flat(fields), min_day=min_day)
             for cid, fields in zip(ids, results, strict=True)
             if fields
         }
+        if self._cache is not None:
+            self._cache.refresh(ids, states, min_day)
+        return states
 
     async def trim(self, states: Sequence[CustomerState]) -> None:
         """Deletes the daily buckets that left the longest window (found while reading)."""
@@ -205,7 +256,7 @@ class RedisProfileStore:
                     )
                 )
             results = await self._run_packed("".join(chunks).encode(), len(writes), self._write)
-            return [x == 1 for x in results]
+            return self._written(writes, [x == 1 for x in results])
 
         sha = self._write.sha
         commands: list[Command] = []
@@ -233,7 +284,13 @@ class RedisProfileStore:
                 )
             )
         results = await self._run(commands, self._write)
-        return [int(x) == 1 for x in results]
+        return self._written(writes, [int(x) == 1 for x in results])
+
+    def _written(self, writes: Sequence[SegmentWrite], ok: list[bool]) -> list[bool]:
+        """Tells the cache which segmentations are now stored (and forgets the losers)."""
+        if self._cache is not None:
+            self._cache.segments_written(writes, ok)
+        return ok
 
     async def _run(self, commands: list[Command], script: _Script | None) -> list[Any]:
         """One pipelined round trip; a script Redis forgot (restart, failover) is loaded and the
@@ -293,3 +350,169 @@ def _as_flat(fields: Any) -> list[bytes]:
     if isinstance(fields, dict):
         return [x for pair in fields.items() for x in pair]
     return list(fields)
+
+
+_NEW = CustomerState(profile=Profile(""), revision="", packed="")
+
+
+class _Entry:
+    """A cached customer: what :func:`decode_customer` would read, kept mutable."""
+
+    __slots__ = (
+        "days",
+        "engaged",
+        "first",
+        "last",
+        "lifetime",
+        "meta",
+        "packed",
+        "pruned",
+        "revision",
+    )
+
+    def __init__(self, state: CustomerState, min_day: int) -> None:
+        p = state.profile
+        self.first = p.first_purchase_ms
+        self.last = p.last_purchase_ms
+        self.engaged = p.last_engagement_ms
+        self.lifetime = p.lifetime
+        self.days: dict[int, Totals] = dict(p.days)
+        self.revision = int(state.revision or 0)
+        self.packed = state.packed
+        self.meta = state.meta
+        self.pruned = min_day
+        """Buckets before this day are gone (as :func:`decode_customer` leaves them out)."""
+
+    def prune(self, min_day: int) -> tuple[bytes, ...]:
+        """Drops buckets older than ``min_day``; returns their field names (to delete)."""
+        if min_day <= self.pruned:
+            return ()
+        self.pruned = min_day
+        old = [day for day in self.days if day < min_day]
+        for day in old:
+            del self.days[day]
+        return tuple(f"d:{day}".encode() for day in old)
+
+    def state(self, customer_id: str, stale: tuple[bytes, ...] = ()) -> CustomerState:
+        profile = Profile(
+            customer_id, self.first, self.last, self.engaged, self.lifetime, self.days
+        )
+        return CustomerState(
+            profile=profile,
+            revision=str(self.revision),
+            packed=self.packed,
+            meta=self.meta,
+            stale=stale,
+        )
+
+
+class _CustomerCache:
+    """Decoded customers, so a customer applied to again needs no read-back and no decode.
+
+    Only this process's applies change a cached customer's profile while it owns the
+    customer's partition; each apply's reply says which revision the script found, so any
+    other writer is noticed (:meth:`fold`). Segment fields changed by another writer (a
+    sweeper) are not noticed here, but the segment write is a compare-and-set on them, and a
+    lost compare-and-set reads the customer again. Bounded: least recently used goes first.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._entries: dict[str, _Entry] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def entries_for(self, requests: Sequence[ApplyRequest], min_day: int) -> dict[str, _Entry]:
+        """The cached entry of every customer in ``requests``; a customer not cached gets an
+        entry of a new customer (revision 0), which :meth:`fold` finds out if it was not."""
+        entries = self._entries
+        hits: dict[str, _Entry] = {}
+        for r in requests:
+            cid = r.customer_id
+            if cid not in hits:
+                entry = entries.get(cid)
+                hits[cid] = _Entry(_NEW, min_day) if entry is None else entry
+        return hits
+
+    def fold(
+        self,
+        hits: dict[str, _Entry],
+        requests: Sequence[ApplyRequest],
+        tagged: list[int],
+        *,
+        min_day: int,
+    ) -> list[str]:
+        """Folds every applied event into its cached customer; returns the customers whose
+        revisions were not the expected ones (now forgotten, to be read back)."""
+        lost: list[str] = []
+        for r, reply in zip(requests, tagged, strict=True):
+            entry = hits.get(r.customer_id)
+            if entry is None:
+                continue
+            if reply >> 2 != entry.revision:
+                del hits[r.customer_id]
+                self._entries.pop(r.customer_id, None)
+                lost.append(r.customer_id)
+                continue
+            if reply & 3 == 1:
+                _fold_event(entry, r.delta, min_day)
+        return lost
+
+    def keep(self, states: dict[str, CustomerState], min_day: int) -> None:
+        """Remembers every customer of a batch (most recently used last), then trims."""
+        entries = self._entries
+        for cid, state in states.items():
+            entry = entries.pop(cid, None)
+            entries[cid] = _Entry(state, min_day) if entry is None else entry
+        self._trim()
+
+    def refresh(self, ids: Iterable[str], states: dict[str, CustomerState], min_day: int) -> None:
+        """A fresh read replaces what was cached (a customer read as absent is forgotten)."""
+        entries = self._entries
+        for cid in ids:
+            state = states.get(cid)
+            if state is None:
+                entries.pop(cid, None)
+            elif cid in entries:
+                entries[cid] = _Entry(state, min_day)
+
+    def segments_written(self, writes: Sequence[SegmentWrite], ok: list[bool]) -> None:
+        entries = self._entries
+        for w, done in zip(writes, ok, strict=True):
+            entry = entries.get(w.customer_id)
+            if entry is None:
+                continue
+            if done and str(entry.revision) == w.expected_revision:
+                entry.packed, entry.meta = pack_segmentation(w.new)
+                entry.revision += 1  # write_segment.lua moves it on
+            else:
+                del entries[w.customer_id]
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def _trim(self) -> None:
+        entries = self._entries
+        excess = len(entries) - self._capacity
+        if excess > 0:
+            for cid in list(itertools.islice(entries, excess)):
+                del entries[cid]
+
+
+def _fold_event(entry: _Entry, delta: EventDelta, min_day: int) -> None:
+    """apply.lua on a cached customer (see :func:`service.segmentation.profile.apply_event`)."""
+    ms = delta.occurred_ms
+    if delta.kind == "purchase":
+        if entry.first is None or ms < entry.first:
+            entry.first = ms
+        if entry.last is None or ms > entry.last:
+            entry.last = ms
+    elif delta.kind == "engagement" and (entry.engaged is None or ms > entry.engaged):
+        entry.engaged = ms
+    entry.lifetime = entry.lifetime + delta.totals
+    entry.revision += 1
+    if delta.day >= min_day:
+        days = entry.days
+        day_totals = days.get(delta.day)
+        days[delta.day] = delta.totals if day_totals is None else day_totals + delta.totals

@@ -102,34 +102,56 @@ async def pipeline(make_settings):  # type: ignore[no-untyped-def]
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(history=histories(), ring_size=st.sampled_from([1, 8]))
-async def test_incremental_equals_recomputed(pipeline, history, ring_size) -> None:  # type: ignore[no-untyped-def]
+@given(
+    history=histories(),
+    ring_size=st.sampled_from([1, 8]),
+    cache_size=st.sampled_from([0, 1, 1000]),
+    owners=st.lists(st.integers(0, 1), min_size=1, max_size=40),
+)
+async def test_incremental_equals_recomputed(  # type: ignore[no-untyped-def]
+    pipeline, history, ring_size, cache_size, owners
+) -> None:
+    """Two consumers take turns (``owners``: which one handles each delivery), as after
+    rebalances: each keeps its own customer cache (``cache_size`` 0 = none, 1 = evicting all
+    the time), so each must notice what the other applied meanwhile."""
     settings, redis, producer = pipeline
     events, deliveries = history
     prefix = f"{settings.redis.key_prefix}{uuid.uuid4().hex[:8]}:"
-    # ring_size 1 leaves replays to the offset watermark alone; 8 is the default.
-    fast = RespPipeline(settings.redis.url, timeout_s=5)
-    store = RedisProfileStore(redis, Keys(prefix), ring_size=ring_size, fast=fast)
     sink = ProducerSink(producer)
     rules = lambda: RULES  # noqa: E731
-    handler = BatchHandler(
-        settings,
-        codec=EventCodec(settings.validation),
-        store=store,
-        segmenter=Segmenter(store, sink, changes_topic=settings.kafka.changes_topic, rules=rules),
-        dead_letters=sink,
-        rules=rules,
-        clock=lambda: NOW,
-    )
+    clients = []
+    handlers = []
+    for _ in range(2):
+        # ring_size 1 leaves replays to the offset watermark alone; 8 is the default.
+        fast = RespPipeline(settings.redis.url, timeout_s=5)
+        clients.append(fast)
+        store = RedisProfileStore(
+            redis, Keys(prefix), ring_size=ring_size, fast=fast, cache_size=cache_size
+        )
+        segmenter = Segmenter(store, sink, changes_topic=settings.kafka.changes_topic, rules=rules)
+        handlers.append(
+            BatchHandler(
+                settings,
+                codec=EventCodec(settings.validation),
+                store=store,
+                segmenter=segmenter,
+                dead_letters=sink,
+                rules=rules,
+                clock=lambda: NOW,
+            )
+        )
     records = [
         Rec(settings.kafka.events_topic, 0, offset, e["customer_id"].encode(), encode(e))
         for offset, e in enumerate(events)
     ]
-    for batch in deliveries:
+    for n, batch in enumerate(deliveries):
+        handler = handlers[owners[n % len(owners)]]
         stats = await handler.handle([records[i] for i in batch])
         assert stats.dead_lettered == 0
 
-    await fast.aclose()
+    for fast in clients:
+        await fast.aclose()
+    store = RedisProfileStore(redis, Keys(prefix), ring_size=ring_size)
     min_day = min_day_for(NOW, RULES)
     truth = ground_truth(events, min_day=min_day)
     states = await store.read(list(truth), min_day=min_day)

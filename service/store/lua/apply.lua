@@ -5,7 +5,9 @@
 --          (few arguments: packing each one costs the client more than parsing costs here)
 -- ARGV[2]  totals as CSV of integers (trailing zeros may be omitted)
 -- ARGV[3]  event id hash (8 bytes)
--- Returns 1 applied, 0 skipped (offset at or below the watermark), 2 skipped (event id seen).
+-- Returns 4 * revision_before + outcome, outcome 1 applied, 0 skipped (offset at or below the
+-- watermark), 2 skipped (event id seen). The revision before lets a client that keeps the
+-- decoded customer check that no one else changed it since (RedisProfileStore's cache).
 -- One HMGET in, one HSET out: each redis.call costs more than the Lua around it.
 local key = KEYS[1]
 local partition, offset_s, kind, day_s, ts_s, min_day_s, ring_s =
@@ -16,14 +18,15 @@ local min_day = tonumber(min_day_s)
 local bucket = 'd:' .. day_s
 local cur = redis.call('HMGET', key, 'w', 'r', 'L', bucket, 'f', 'l', 'e', 'v')
 local w, ring, life, day_totals, first, last, engaged, rev =
-  cur[1], cur[2] or '', cur[3], cur[4], cur[5], cur[6], cur[7], cur[8]
+  cur[1], cur[2] or '', cur[3], cur[4], cur[5], cur[6], cur[7], tonumber(cur[8]) or 0
+local tagged = rev * 4
 
 -- 1. Fence: a customer's events come from one partition in offset order, so anything at or
 --    below the last applied offset of that partition was applied already (replay, zombie).
 if w then
   local sep = string.find(w, ':', 1, true)
   if string.sub(w, 1, sep - 1) == partition and tonumber(string.sub(w, sep + 1)) >= offset then
-    return 0
+    return tagged
   end
 end
 local mark = partition .. ':' .. offset_s
@@ -33,7 +36,7 @@ local h = ARGV[3]
 for i = 1, #ring, 8 do
   if string.sub(ring, i, i + 7) == h then
     redis.call('HSET', key, 'w', mark)
-    return 2
+    return tagged + 2
   end
 end
 ring = h .. ring
@@ -59,7 +62,7 @@ local function add(stored)
   return table.concat(out, ',', 1, last_nonzero)
 end
 
-local set = {'w', mark, 'r', ring, 'L', add(life), 'v', tostring((tonumber(rev) or 0) + 1)}
+local set = {'w', mark, 'r', ring, 'L', add(life), 'v', tostring(rev + 1)}
 -- Buckets that left the longest window are not dropped here (that would mean scanning the
 -- hash on every new day): the consumer sees them when it reads the customer back and deletes
 -- them in the same pipeline as the segment write (RedisProfileStore.write_segments).
@@ -76,4 +79,4 @@ elseif kind == 'e' then
   if not engaged or ts > tonumber(engaged) then set[#set + 1] = 'e'; set[#set + 1] = ts_s end
 end
 redis.call('HSET', key, unpack(set))
-return 1
+return tagged + 1

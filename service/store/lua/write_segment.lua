@@ -7,10 +7,13 @@
 -- ARGV[4] old segment name ('' = none)   ARGV[5] new segment name
 -- ARGV[6] next review, epoch ms ('' = never)   ARGV[7] customer id
 -- Returns 1 written, 0 conflict (re-read and retry).
+-- The revision moves on with every write, so any writer sees that another one wrote the
+-- customer since it read it (a consumer keeps decoded customers in memory and relies on it).
 if (redis.call('HGET', KEYS[1], 'v') or '') ~= ARGV[1] then return 0 end
 if (redis.call('HGET', KEYS[1], 'g') or '') ~= ARGV[2] then return 0 end
 local nl = string.find(ARGV[3], '\n', 1, true)
-redis.call('HSET', KEYS[1], 'g', string.sub(ARGV[3], 1, nl - 1), 'm', string.sub(ARGV[3], nl + 1))
+redis.call('HSET', KEYS[1], 'g', string.sub(ARGV[3], 1, nl - 1), 'm', string.sub(ARGV[3], nl + 1),
+  'v', tostring((tonumber(ARGV[1]) or 0) + 1))
 if ARGV[4] ~= ARGV[5] then
   if ARGV[4] ~= '' then
     redis.call('SREM', KEYS[2], ARGV[7])
