@@ -21,29 +21,24 @@ Only a record that failed step 2 is parsed a second time, to name its reason pre
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal, Inexact, InvalidOperation, Overflow
 from enum import StrEnum
 from hashlib import blake2b
-from typing import Final, NamedTuple, get_args
+from typing import Final, NamedTuple
 
-import orjson
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails, from_json
 
 from schemas.events import (
     EVENT_ADAPTER,
-    ID_PATTERN,
     MONEY_DECIMAL_PLACES,
-    EngagementAction,
     EngagementEvent,
     Event,
     PurchaseEvent,
     RefundEvent,
-    Tier,
 )
 from service.segmentation.profile import MONEY_SCALE, MS_PER_DAY, EventDelta, Totals
 from service.settings import ValidationSettings
@@ -84,8 +79,8 @@ class DecodedEvent(NamedTuple):
     cost of a frozen dataclass to build (~0.2 us a record).
     """
 
-    customer_id: str
-    event_id: str
+    event: Event
+    """The validated event (a member of the :data:`schemas.events.Event` union)."""
     delta: EventDelta
     """What it adds to the customer's aggregates, money in base-currency units."""
     event_hash: bytes
@@ -129,40 +124,6 @@ _DETAIL_LIMIT: Final = 300
 
 _ENGAGED: Final = Totals(engagements=1)
 _SUPPORT_CONTACT: Final = Totals(engagements=1, support_contacts=1)
-
-# The decoder's fast path (EventCodec._fast): the plain spellings of schemas/events.py.
-_loads: Final = orjson.loads
-_JSONDecodeError: Final = orjson.JSONDecodeError
-_fast_id: Final = re.compile(ID_PATTERN.removeprefix("^").removesuffix("$")).fullmatch
-_fast_label: Final = re.compile(r"[^\x00-\x1f\x7f]{1,64}").fullmatch
-_fast_sku: Final = re.compile(r"[^\x00-\x1f\x7f]{1,128}").fullmatch
-_fast_currency: Final = re.compile(r"[A-Z]{3}").fullmatch
-_fast_time: Final = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?(?:Z|[+-][0-9]{2}:[0-9]{2})"
-).fullmatch
-_UNSIGNED: Final = re.compile(r"(0|[1-9][0-9]{0,13})(?:\.([0-9]{1,4}))?").fullmatch
-_SIGNED: Final = re.compile(r"-?(0|[1-9][0-9]{0,13})(?:\.([0-9]{1,4}))?").fullmatch
-_BASE_FIELDS: Final = frozenset(
-    {"schema_version", "type", "event_id", "customer_id", "occurred_at"}
-)
-_FAST_FIELDS: Final[dict[str, tuple[frozenset[str], frozenset[str]]]] = {
-    # type: (every field the model knows, the ones it requires)
-    "purchase": (
-        _BASE_FIELDS
-        | {"order_id", "amount", "currency", "margin", "discount", "channel", "region", "items"},
-        _BASE_FIELDS | {"order_id", "amount"},
-    ),
-    "refund": (
-        _BASE_FIELDS | {"order_id", "amount", "currency", "margin"},
-        _BASE_FIELDS | {"order_id", "amount"},
-    ),
-    "engagement": (_BASE_FIELDS | {"action", "region"}, _BASE_FIELDS | {"action"}),
-}
-_ITEM_FIELDS: Final = frozenset({"sku", "category", "quantity", "unit_price", "tier"})
-_ITEM_REQUIRED: Final = frozenset({"sku", "category", "quantity", "unit_price"})
-_MAX_QUANTITY: Final = 10_000
-_TIERS: Final = frozenset(get_args(Tier))
-_ACTIONS: Final = frozenset(get_args(EngagementAction))
 
 
 class _Rate(NamedTuple):
@@ -243,9 +204,6 @@ class EventCodec:
                 Reason.RECORD_TOO_LARGE,
                 f"record: {len(value)} bytes, more than max_record_bytes {self._max_record_bytes}",
             )
-        fast = self._fast(key, value, now)
-        if fast is not None:
-            return fast
         try:
             event = _validate_event(value)
         except ValidationError as invalid:
@@ -261,205 +219,7 @@ class EventCodec:
             delta = self._delta(event, now)
         except _Rejected as rejected:
             return DeadLetter(rejected.reason, _clip(rejected.detail))
-        return DecodedEvent(
-            event.customer_id,
-            event.event_id,
-            delta,
-            blake2b(event.event_id.encode(), digest_size=8).digest(),
-        )
-
-    def _fast(self, key: bytes | None, value: bytes, now: datetime) -> DecodedEvent | None:
-        """The common valid record, decoded without pydantic; ``None`` for anything else.
-
-        It accepts a strict subset of what the models accept (plain spellings: money as a
-        decimal string or an integer, RFC 3339 times without leap seconds, no JSON escapes) and
-        computes exactly what the full path computes for it; whatever it does not accept, or
-        would refuse, goes through the full path, which names the reason. A property test holds
-        the two paths to the same result on generated and mutated records.
-        """
-        if key is None or b"\\u" in value:
-            return None
-        try:
-            doc = _loads(value)
-        except _JSONDecodeError:
-            return None
-        if type(doc) is not dict:
-            return None
-        get = doc.get
-        kind = get("type")
-        fields = _FAST_FIELDS.get(kind) if type(kind) is str else None
-        if fields is None or not fields[1] <= doc.keys() <= fields[0]:
-            return None
-        customer_id = doc["customer_id"]
-        event_id = doc["event_id"]
-        at = doc["occurred_at"]
-        version = doc["schema_version"]
-        if (
-            type(version) is not int
-            or version != 1
-            or type(customer_id) is not str
-            or type(event_id) is not str
-            or type(at) is not str
-            or not _fast_id(customer_id)
-            or not _fast_id(event_id)
-            or key != customer_id.encode()
-            or not _fast_time(at)
-        ):
-            return None
-        try:
-            occurred_at = datetime.fromisoformat(at)
-        except ValueError:
-            return None
-        since_epoch = occurred_at - _EPOCH
-        occurred_ms = (
-            since_epoch.days * MS_PER_DAY
-            + since_epoch.seconds * _MS_PER_SECOND
-            + since_epoch.microseconds // _US_PER_MS
-        )
-        horizon_ms = self._horizon_ms if now is self._last_now else self._horizon(now)
-        if occurred_ms > horizon_ms:
-            return None
-        region = get("region")
-        if region is not None and (type(region) is not str or not _fast_label(region)):
-            return None
-        if kind == "engagement":
-            action = doc["action"]
-            if type(action) is not str or action not in _ACTIONS:
-                return None
-            totals = _SUPPORT_CONTACT if action == "support_contact" else _ENGAGED
-        else:
-            order_id = doc["order_id"]
-            if type(order_id) is not str or not _fast_id(order_id):
-                return None
-            currency = get("currency")
-            rate: _Rate | None = None
-            if currency is not None:
-                if type(currency) is not str or not _fast_currency(currency):
-                    return None
-                if currency != self._base_currency:
-                    rate = self._rates.get(currency)
-                    if rate is None:
-                        return None
-            fast_totals = (
-                self._fast_purchase(doc, rate)
-                if kind == "purchase"
-                else self._fast_refund(doc, rate)
-            )
-            if fast_totals is None:
-                return None
-            totals = fast_totals
-        delta = EventDelta(
-            kind=kind,  # type: ignore[arg-type]
-            day=since_epoch.days,
-            occurred_ms=occurred_ms,
-            totals=totals,
-        )
-        return DecodedEvent(
-            customer_id, event_id, delta, blake2b(event_id.encode(), digest_size=8).digest()
-        )
-
-    def _fast_purchase(self, doc: dict[str, object], rate: _Rate | None) -> Totals | None:
-        """:meth:`_purchase` on a plain record; ``None`` where the full path must decide."""
-        get = doc.get
-        for name in ("channel",):
-            label = get(name)
-            if label is not None and (type(label) is not str or not _fast_label(label)):
-                return None
-        spend = self._fast_money(doc["amount"], rate, _UNSIGNED)
-        if spend is None:
-            return None
-        margin = 0
-        raw_margin = get("margin")
-        if raw_margin is not None:
-            fast_margin = self._fast_money(raw_margin, rate, _SIGNED)
-            if fast_margin is None:
-                return None
-            margin = fast_margin
-        discounted = False
-        if "discount" in doc:
-            discount = self._fast_money(doc["discount"], rate, _UNSIGNED)
-            if discount is None:
-                return None
-            discounted = discount > 0
-        premium = 0
-        items = get("items", ())
-        if type(items) is not list and items != ():
-            return None
-        if len(items) > self._max_items:
-            return None
-        for item in items:
-            if type(item) is not dict or not _ITEM_REQUIRED <= item.keys() <= _ITEM_FIELDS:
-                return None
-            sku, category, quantity = item["sku"], item["category"], item["quantity"]
-            tier = item.get("tier", "standard")
-            if (
-                type(sku) is not str
-                or not _fast_sku(sku)
-                or type(category) is not str
-                or not _fast_label(category)
-                or type(quantity) is not int
-                or not 1 <= quantity <= _MAX_QUANTITY
-                or type(tier) is not str
-                or tier not in _TIERS
-            ):
-                return None
-            unit_price = self._fast_money(item["unit_price"], rate, _UNSIGNED)
-            if unit_price is None:
-                return None
-            if tier == "premium":
-                premium += quantity * unit_price
-        if rate is not None:  # as :meth:`_purchase`: converted once, after summing
-            spend, margin = _to_base(spend, rate), _to_base(margin, rate)
-            premium = _to_base(premium, rate)
-        return Totals(
-            orders=1,
-            spend=spend,
-            margin=margin,
-            discounted_spend=spend if discounted else 0,
-            premium_spend=premium if premium < spend else spend,
-        )
-
-    def _fast_refund(self, doc: dict[str, object], rate: _Rate | None) -> Totals | None:
-        """:meth:`_refund` on a plain record; ``None`` where the full path must decide."""
-        amount = self._fast_money(doc["amount"], rate, _UNSIGNED)
-        if amount is None or amount == 0:  # the model wants a positive refund
-            return None
-        margin = 0
-        raw_margin = doc.get("margin")
-        if raw_margin is not None:
-            fast_margin = self._fast_money(raw_margin, rate, _UNSIGNED)
-            if fast_margin is None:
-                return None
-            margin = fast_margin
-        return Totals(refunds=1, refunded=_to_base(amount, rate), margin=-_to_base(margin, rate))
-
-    def _fast_money(
-        self, value: object, rate: _Rate | None, spelling: Callable[[str], re.Match[str] | None]
-    ) -> int | None:
-        """Money units of a plain decimal string or an integer within bounds, else ``None``."""
-        if type(value) is str:
-            m = spelling(value)
-            if m is None:
-                return None
-            places = m[2] or ""
-            units = int(m[1]) * MONEY_SCALE + (
-                int(places) * _UNITS_PER_PLACES[len(places)] if places else 0
-            )
-            if value[0] == "-":
-                units = -units
-        elif type(value) is int:
-            if value < 0 and spelling is _UNSIGNED:
-                return None
-            units = value * MONEY_SCALE
-        else:
-            return None
-        if rate is None:
-            base, limit = units, self._max_units
-        else:
-            base, limit = units * rate.numerator, self._max_units * rate.denominator
-        if base > limit or base < -limit:
-            return None
-        return units
+        return DecodedEvent(event, delta, blake2b(event.event_id.encode(), digest_size=8).digest())
 
     def _delta(self, event: Event, now: datetime) -> EventDelta:
         # timedelta is normalised (0 <= seconds < 86400, 0 <= microseconds < 10**6), so its

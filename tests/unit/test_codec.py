@@ -24,6 +24,7 @@ from consumers.codec import (
     _Rejected,
     dead_letter_headers,
 )
+from schemas.events import EngagementEvent, PurchaseEvent, RefundEvent
 from service.segmentation.profile import MONEY_SCALE, EventDelta, Totals
 from service.settings import ValidationSettings
 
@@ -457,7 +458,8 @@ def test_now_must_be_aware() -> None:
 
 def test_purchase_delta() -> None:
     result = decoded(encode(purchase()))
-    assert (result.customer_id, result.event_id) == (CUSTOMER, purchase()["event_id"])
+    assert isinstance(result.event, PurchaseEvent)
+    assert result.event.amount == Decimal("59.90")
     occurred = datetime(2026, 11, 20, 9, 15, tzinfo=UTC)  # 10:15+01:00
     assert result.delta == EventDelta(
         kind="purchase",
@@ -527,6 +529,7 @@ def test_max_amount_is_accepted() -> None:
 
 def test_refund_delta() -> None:
     result = decoded(encode(refund()))
+    assert isinstance(result.event, RefundEvent)
     assert result.delta == EventDelta(
         kind="refund",
         day=epoch_day(date(2026, 11, 20)),
@@ -552,6 +555,7 @@ def test_refund_delta() -> None:
 )
 def test_engagement_delta(action: str, totals: Totals) -> None:
     result = decoded(encode(engagement(action=action, region="eu-west")))
+    assert isinstance(result.event, EngagementEvent)
     assert result.delta == EventDelta(
         kind="engagement",
         day=epoch_day(date(2026, 11, 20)),
@@ -775,7 +779,7 @@ def test_fuzz_one_field_of_a_valid_event(
     changed = without(event, field) if replacement == "<delete>" else {**event, field: replacement}
     result = check_never_raises(json.dumps(changed).encode())
     if isinstance(result, DecodedEvent):
-        assert result.customer_id == CUSTOMER
+        assert result.event.customer_id == CUSTOMER
         assert sum(result.delta.totals.as_tuple()[i] for i in (0, 2, 7)) == 1  # one kind
 
 
