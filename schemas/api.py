@@ -309,6 +309,33 @@ class SegmentMembers(BaseModel):
     next_cursor: str | None
 
 
+class EraseResponse(BaseModel):
+    """What ``DELETE /v1/customers/{id}`` did. Everything about the customer is gone (profile,
+    segment, index and due entries); a tombstone stops a late or replayed event from
+    re-creating it until ``tombstone_expires_at``."""
+
+    model_config = ConfigDict(
+        **_CONFIG,
+        json_schema_extra={
+            "examples": [
+                {
+                    "customer_id": "c-42",
+                    "erased": True,
+                    "erased_at": "2025-01-31T12:00:00Z",
+                    "tombstone_expires_at": "2025-03-02T12:00:00Z",
+                }
+            ]
+        },
+    )
+
+    customer_id: Id
+    erased: bool
+    """Whether there was a customer to erase (false: none stored; the tombstone is written
+    anyway, so an event still in flight cannot create it)."""
+    erased_at: AwareDatetime
+    tombstone_expires_at: AwareDatetime
+
+
 # --- rules and health --------------------------------------------------------------------------
 
 

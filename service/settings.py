@@ -103,6 +103,18 @@ class StateSettings(BaseModel):
     it applied to before is not read back from Redis and decoded again (0: off). Each
     apply's reply carries the revision it found, so another writer is always noticed.
     Roughly 1-2 KB of memory per customer."""
+    erase_tombstone_days: float = Field(default=30.0, gt=0, le=36_500)
+    """An erased customer (``DELETE /v1/customers/{id}``) leaves a tombstone this long, days:
+    while it lives, a late or replayed event of the customer is skipped instead of re-creating
+    it. Keep it longer than the events topic's retention (a replay reads back that far)."""
+    retention_days: int | None = Field(default=None, ge=1, le=36_500)
+    """Customers without any activity (purchase, refund, engagement) for this many days are
+    deleted with their index entries by the sweepers (no tombstone: a new event starts a new
+    profile). Unset: kept forever."""
+    retention_batch: int = Field(default=500, ge=1, le=10_000)
+    """Customers read and judged per round trip by the retention job."""
+    retention_interval_s: float = Field(default=3_600.0, gt=0, le=86_400)
+    """Pause between two retention passes over a sweeper's shards, seconds."""
 
 
 class SweepSettings(BaseModel):

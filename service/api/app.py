@@ -28,6 +28,7 @@ from service.rules_runtime import RulesWatcher
 from service.rules_store import RulesRegistry
 from service.segmentation.rules import load_rules
 from service.settings import ApiSettings, Settings, get_settings
+from service.store.erase import CustomerEraser
 from service.store.keys import Keys
 from service.store.multiplex import MultiplexedRedis
 from service.store.reads import StateReader
@@ -70,6 +71,7 @@ def create_app(
         )
         keys = Keys(settings.redis.key_prefix)
         app.state.reader = StateReader(redis, keys, fast=fast)
+        app.state.eraser = CustomerEraser(redis, keys)
         app.state.figures = Figures(settings, redis, app.state.reader)
         # One reader of the changes topic per worker for every live-stream viewer; started
         # now (not on the first viewer) because it also counts changes for the dashboard.
@@ -155,7 +157,7 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(api.cors_origins),
-            allow_methods=["GET", "POST", "PUT"],
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=api.max_body_bytes)

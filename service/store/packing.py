@@ -10,6 +10,8 @@ small hash of short fields:
 ``r``        ring of recent event-id hashes, 8 bytes each
 ``v``        revision, +1 per applied event (compare-and-set for segment writes)
 ``g`` ``m``  current segmentation, packed by :func:`pack_segmentation`
+``x``        erase tombstone: erased-at epoch ms. An erased customer's hash holds only this
+             field until it expires (lua/erase.lua); it decodes as an unknown customer.
 """
 
 from __future__ import annotations

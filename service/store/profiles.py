@@ -26,7 +26,9 @@ from service.store.resp import Command, RespPipeline, raise_for_errors
 
 _KIND_CODE = {"purchase": "p", "refund": "r", "engagement": "e"}
 
-APPLIED, SKIPPED_OFFSET, SKIPPED_DUPLICATE = 1, 0, 2
+APPLIED, SKIPPED_OFFSET, SKIPPED_DUPLICATE, ERASED = 1, 0, 2, 3
+"""Outcomes of apply.lua. ``ERASED``: skipped, the customer was erased and its tombstone still
+lives (:mod:`service.store.erase`); the event must not re-create it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +115,9 @@ class RedisProfileStore:
         """Applies events in order (one Lua call each) and reads back every touched customer.
 
         One pipelined round trip. Safe to repeat after any failure: the apply is idempotent.
+        Outcomes per request: :data:`APPLIED`, :data:`SKIPPED_OFFSET`, :data:`SKIPPED_DUPLICATE`
+        or :data:`ERASED`; an erased customer reads back as unknown (its tombstone holds no
+        profile), so nothing classifies or indexes it.
         """
         cache = self._cache
         if cache is not None:

@@ -1,22 +1,29 @@
-"""``/v1/customers/{id}/...``: one customer's segment (classified now) and profile."""
+"""``/v1/customers/{id}/...``: one customer's segment (classified now) and profile; erasing a
+customer (``DELETE /v1/customers/{id}``, admin)."""
 
 from __future__ import annotations
 
+import logging
 import re
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from consumers.segmenter import min_day_for
-from schemas.api import ID_PATTERN, ProfileResponse, SegmentResponse
-from service.api.auth import SECURED
+from schemas.api import ID_PATTERN, EraseResponse, ProfileResponse, SegmentResponse
+from service.api.auth import ADMIN, SECURED, Principal, require
 from service.api.bodies import profile_body, segment_body, unknown_body
 from service.api.deps import ReadContext, ReadCtx, read_context
 from service.api.errors import CustomerNotFound
 from service.api.lean import LeanRoute, lean
 from service.api.routes._common import PROTECTED, CustomerId, errors, json_response
-from service.store.packing import decode_customer
+from service.settings import Settings
+from service.store.erase import CustomerEraser
+from service.store.packing import decode_customer, epoch_ms
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"], route_class=LeanRoute)
 
@@ -98,3 +105,42 @@ async def _profile_lean(request: Request) -> Response | None:
 async def get_profile(customer_id: CustomerId, ctx: ReadCtx) -> Response:
     """Money as strings with exactly two decimals; `windows` keyed by the rules' windows."""
     return await _profile(customer_id, ctx)
+
+
+Admin = Annotated[Principal, Depends(require(ADMIN))]
+
+
+@router.delete(
+    "/{customer_id}",
+    response_model=EraseResponse,
+    openapi_extra=SECURED,
+    responses=errors(401, 403, 422, 503),
+    summary="Erase everything about a customer (GDPR); admin",
+)
+async def erase_customer(customer_id: CustomerId, principal: Admin, request: Request) -> Response:
+    """Removes the profile, the segment, the segment index entry, the shard's count and the due
+    entry in one atomic step, and leaves a tombstone (`state.erase_tombstone_days`): while it
+    lives, a late or replayed event of the customer is skipped instead of re-creating it.
+    No change event is published. Idempotent: erasing again answers 200 with `erased: false`
+    and renews the tombstone."""
+    state = request.app.state
+    settings: Settings = state.settings
+    eraser: CustomerEraser = state.eraser
+    now: datetime = state.clock()
+    keep = timedelta(days=settings.state.erase_tombstone_days)
+    keep_ms = max(1, round(keep.total_seconds() * 1000))
+    erased = await eraser.erase(customer_id, now_ms=epoch_ms(now), tombstone_ms=keep_ms)
+    # The caller's key name, never the customer id: logs carry no customer data.
+    log.info("customer erased", extra={"by": principal.name, "existed": erased})
+    return json_response(
+        {
+            "customer_id": customer_id,
+            "erased": erased,
+            "erased_at": _iso(now),
+            "tombstone_expires_at": _iso(now + keep),
+        }
+    )
+
+
+def _iso(instant: datetime) -> str:
+    return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")

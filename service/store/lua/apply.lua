@@ -6,8 +6,10 @@
 -- ARGV[2]  totals as CSV of integers (trailing zeros may be omitted)
 -- ARGV[3]  event id hash (8 bytes)
 -- Returns 4 * revision_before + outcome, outcome 1 applied, 0 skipped (offset at or below the
--- watermark), 2 skipped (event id seen). The revision before lets a client that keeps the
--- decoded customer check that no one else changed it since (RedisProfileStore's cache).
+-- watermark), 2 skipped (event id seen), 3 skipped (the customer was erased: its hash is an
+-- erase tombstone, field `x`, see erase.lua, which expires after its retention). The revision
+-- before lets a client that keeps the decoded customer check that no one else changed it since
+-- (RedisProfileStore's cache).
 -- One HMGET in, one HSET out: each redis.call costs more than the Lua around it.
 local key = KEYS[1]
 local partition, offset_s, kind, day_s, ts_s, min_day_s, ring_s =
@@ -16,10 +18,13 @@ local offset = tonumber(offset_s)
 local day = tonumber(day_s)
 local min_day = tonumber(min_day_s)
 local bucket = 'd:' .. day_s
-local cur = redis.call('HMGET', key, 'w', 'r', 'L', bucket, 'f', 'l', 'e', 'v')
+local cur = redis.call('HMGET', key, 'w', 'r', 'L', bucket, 'f', 'l', 'e', 'v', 'x')
 local w, ring, life, day_totals, first, last, engaged, rev =
   cur[1], cur[2] or '', cur[3], cur[4], cur[5], cur[6], cur[7], tonumber(cur[8]) or 0
 local tagged = rev * 4
+
+-- 0. Erased: a tombstone stands in for the customer; nothing may re-create it while it lives.
+if cur[9] then return tagged + 3 end
 
 -- 1. Fence: a customer's events come from one partition in offset order, so anything at or
 --    below the last applied offset of that partition was applied already (replay, zombie).
