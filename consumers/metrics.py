@@ -167,6 +167,11 @@ class ConsumerMetrics:
             "Events skipped as already applied (replayed offset or repeated event_id).",
             registry=r,
         )
+        self.customers_expired = Counter(
+            "segments_customers_expired",
+            "Customers deleted by data retention: no activity for state.retention_days.",
+            registry=r,
+        )
         self.dead_lettered = Counter(
             "segments_events_dead_lettered",
             "Invalid records sent to the dead-letter topic, by reason code.",
@@ -334,6 +339,13 @@ class ConsumerMetrics:
         self.sweeper_lag.observe_many(lag_s)
         if lag_s:
             self.swept.inc(len(lag_s))
+
+    # --- data retention -----------------------------------------------------------------
+
+    def observe_expired(self, customers: int) -> None:
+        """Customers the retention job deleted (no activity past ``state.retention_days``)."""
+        if customers:
+            self.customers_expired.inc(customers)
 
     # --- rules and errors ---------------------------------------------------------------
 
