@@ -18,18 +18,26 @@ an event that is not applied.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from consumers.codec import DeadLetter, DecodedEvent, EventCodec, dead_letter_headers
 from consumers.segmenter import Segmenter, Trigger, min_day_for
+from service.logs import position
 from service.retry import with_backoff
 from service.segmentation.rules import Rules
 from service.settings import Settings
 from service.store.profiles import APPLIED, SKIPPED_DUPLICATE, ApplyRequest, ProfileStore
+
+if TYPE_CHECKING:
+    from consumers.metrics import ConsumerMetrics
+
+log = logging.getLogger(__name__)
 
 
 class Record(Protocol):
@@ -79,7 +87,9 @@ class BatchHandler:
         rules: Callable[[], Rules],
         clock: Callable[[], datetime],
         stopping: asyncio.Event | None = None,
+        metrics: ConsumerMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._settings = settings
         self._codec = codec
         self._store = store
@@ -106,6 +116,13 @@ class BatchHandler:
                     decoded, topic=rec.topic, partition=rec.partition, offset=rec.offset
                 )
                 dead.append((rec.key, rec.value, headers))
+                log.warning(
+                    "dead letter",
+                    extra={
+                        "at": position(rec.topic, rec.partition, rec.offset),
+                        "reason": decoded.reason,
+                    },
+                )
                 stats.dead_letter_reasons[decoded.reason] = (
                     stats.dead_letter_reasons.get(decoded.reason, 0) + 1
                 )
@@ -172,6 +189,9 @@ class BatchHandler:
             initial_s=redis.retry_initial_s,
             max_s=redis.retry_max_s,
             stopping=self._stopping,
+            on_retry=None
+            if self._metrics is None
+            else functools.partial(self._metrics.redis_error, what),
         )
 
 

@@ -30,14 +30,19 @@ from aiokafka.errors import (
 
 from consumers.codec import EventCodec
 from consumers.handler import BatchHandler, BatchStats
+from consumers.metrics import ConsumerMetrics
 from consumers.segmenter import Segmenter
+from consumers.sweeper import SweepStats, run_sweeper
 from service.errors import StopRequested
 from service.kafka import ProducerSink, client_options, create_producer, ensure_topics
+from service.pipeline_stats import record_batch
+from service.probes import kafka_consumer_checks, redis_check, serve_probes
+from service.rules_runtime import RulesWatcher
 from service.segmentation.rules import Rules, load_rules
 from service.settings import Settings
 from service.store.keys import Keys
 from service.store.profiles import RedisProfileStore
-from service.store.redis_client import create_redis
+from service.store.redis_client import AnyRedis, create_redis
 from service.store.resp import RespPipeline
 
 log = logging.getLogger(__name__)
@@ -70,19 +75,28 @@ class ConsumerTotals:
 class _HandOver(ConsumerRebalanceListener):  # type: ignore[misc]
     """Holds a rebalance until every batch in flight is handled and committed."""
 
-    def __init__(self, locks: list[asyncio.Lock]) -> None:
+    def __init__(
+        self,
+        locks: list[asyncio.Lock],
+        metrics: ConsumerMetrics,
+        consumer: Callable[[], AIOKafkaConsumer],
+    ) -> None:
         self._locks = locks
+        self._metrics = metrics
+        self._consumer = consumer
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         async with contextlib.AsyncExitStack() as stack:
             for lock in self._locks:
                 await stack.enter_async_context(lock)
+            self._metrics.set_assignment(self._consumer().assignment() - revoked, revoked)
             log.info(
                 "partitions revoked",
                 extra={"partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked)},
             )
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._metrics.set_assignment(self._consumer().assignment())
         log.info(
             "partitions assigned",
             extra={"partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)},
@@ -108,6 +122,17 @@ class ConsumerApp:
         self.totals = ConsumerTotals()
         self.latency_ms: collections.deque[float] = collections.deque(maxlen=200_000)
         self._locks = [asyncio.Lock() for _ in range(settings.kafka.lanes)]
+        self._stats_keys = Keys(settings.redis.key_prefix)
+        self.metrics = ConsumerMetrics()
+        self.metrics.set_rules(self.rules)
+        self.sweep_stats = SweepStats()
+
+    def _rules_changed(self, rules: Rules) -> None:
+        """The rules watcher saw a new active version: every lane classifies with it from its
+        next batch on."""
+        self.rules = rules
+        self.metrics.set_rules(rules)
+        log.info("rules changed", extra={"rules_version": rules.version})
 
     def latency_summary(self) -> dict[str, float]:
         """Quantiles of the recent end-to-end latencies, milliseconds."""
@@ -131,6 +156,10 @@ class ConsumerApp:
         s = self.settings
         await ensure_topics(s.kafka)
         redis = create_redis(s.redis)
+        watcher = RulesWatcher.from_settings(
+            s, redis, fallback=self.rules, on_change=self._rules_changed
+        )
+        await watcher.start()
         producer = create_producer(s.kafka)
         consumer = AIOKafkaConsumer(
             **client_options(s.kafka),
@@ -143,7 +172,10 @@ class ConsumerApp:
             fetch_max_bytes=32 * 1024 * 1024,
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )
-        consumer.subscribe([s.kafka.events_topic], listener=_HandOver(self._locks))
+        consumer.subscribe(
+            [s.kafka.events_topic],
+            listener=_HandOver(self._locks, self.metrics, lambda: consumer),
+        )
         await producer.start()
         await consumer.start()
         sink = ProducerSink(producer)
@@ -170,12 +202,17 @@ class ConsumerApp:
                     codec=EventCodec(s.validation),
                     store=store,
                     segmenter=Segmenter(
-                        store, sink, changes_topic=s.kafka.changes_topic, rules=rules
+                        store,
+                        sink,
+                        changes_topic=s.kafka.changes_topic,
+                        rules=rules,
+                        metrics=self.metrics,
                     ),
                     dead_letters=sink,
                     rules=rules,
                     clock=self.clock,
                     stopping=self.stopping,
+                    metrics=self.metrics,
                 )
             )
         log.info(
@@ -186,7 +223,32 @@ class ConsumerApp:
                 "lanes": len(handlers),
             },
         )
-        lanes = [asyncio.create_task(self._lane(i, consumer, h)) for i, h in enumerate(handlers)]
+        probes = contextlib.AsyncExitStack()
+        await probes.enter_async_context(
+            serve_probes(
+                s.probes,
+                checks={"redis": redis_check(redis.ping), **kafka_consumer_checks(consumer)},
+                registry=self.metrics.registry,
+            )
+        )
+        sweep_stopping = asyncio.Event()
+        sweeper = (
+            asyncio.create_task(
+                run_sweeper(
+                    s,
+                    stopping=sweep_stopping,
+                    rules=rules,
+                    clock=self.clock,
+                    stats=self.sweep_stats,
+                    metrics=self.metrics,
+                )
+            )
+            if s.sweep.in_consumer
+            else None
+        )
+        lanes = [
+            asyncio.create_task(self._lane(i, consumer, h, redis)) for i, h in enumerate(handlers)
+        ]
         try:
             await asyncio.gather(*lanes)
         except StopRequested:
@@ -195,6 +257,11 @@ class ConsumerApp:
             for lane in lanes:
                 lane.cancel()
             await asyncio.gather(*lanes, return_exceptions=True)
+            sweep_stopping.set()
+            if sweeper is not None:
+                await asyncio.gather(sweeper, return_exceptions=True)
+            await probes.aclose()
+            await watcher.aclose()
             await consumer.stop()  # leaves the group
             await producer.stop()
             for store in stores:
@@ -203,7 +270,9 @@ class ConsumerApp:
             summary = {"records": self.totals.records, **self.latency_summary()}
             log.info("consumer stopped", extra=summary)
 
-    async def _lane(self, lane: int, consumer: AIOKafkaConsumer, handler: BatchHandler) -> None:
+    async def _lane(
+        self, lane: int, consumer: AIOKafkaConsumer, handler: BatchHandler, redis: AnyRedis
+    ) -> None:
         """One of ``kafka.lanes`` loops, each over its own share of the assigned partitions
         (partition % lanes). Customers never span partitions, so lanes never touch the same
         customer; while one lane waits on Redis or Kafka, another computes."""
@@ -228,13 +297,26 @@ class ConsumerApp:
                 stats = await self._handle(handler, records)
                 offsets = {tp: recs[-1].offset + 1 for tp, recs in batches.items()}
                 t_commit = time.perf_counter()
+                committed = True
                 try:
                     await consumer.commit(offsets)
                 except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
                     # Partitions moved on; the new owner replays, the watermark fences us.
+                    committed = False
                     self.totals.commit_failures += 1
+                    self.metrics.kafka_error("commit")
                     log.warning("commit refused", extra={"error": type(exc).__name__})
+                commit_s = time.perf_counter() - t_commit
                 self.totals.add(stats)
+                self.metrics.observe_batch(
+                    stats,
+                    records,
+                    committed=offsets if committed else None,
+                    highwater=consumer.highwater,
+                    commit_s=commit_s,
+                )
+                # the dashboard's figures (events/s, dead letters/min); never raises
+                await record_batch(redis, self._stats_keys, stats, at=self.clock())
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug(
                         "batch",
@@ -246,7 +328,7 @@ class ConsumerApp:
                             "decode_ms": round(stats.decode_s * 1000, 1),
                             "apply_ms": round(stats.apply_s * 1000, 1),
                             "settle_ms": round(stats.settle_s * 1000, 1),
-                            "commit_ms": round((time.perf_counter() - t_commit) * 1000, 1),
+                            "commit_ms": round(commit_s * 1000, 1),
                         },
                     )
                 # End-to-end latency: record creation (producer clock) to segments written and
@@ -261,6 +343,7 @@ class ConsumerApp:
             try:
                 return await handler.handle(records)
             except KafkaError as exc:
+                self.metrics.kafka_error("produce")
                 if self.stopping.is_set():
                     raise StopRequested("produce") from exc
                 log.warning("producing failed, retrying the batch", extra={"error": repr(exc)})

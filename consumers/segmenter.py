@@ -20,7 +20,7 @@ import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import orjson
 
@@ -37,6 +37,9 @@ from service.store.packing import (
     pack_segmentation,
 )
 from service.store.profiles import ProfileStore, SegmentWrite
+
+if TYPE_CHECKING:
+    from consumers.metrics import ConsumerMetrics
 
 MAX_WRITE_ROUNDS = 5
 MS_PER_DAY = 86_400_000
@@ -221,7 +224,9 @@ class Segmenter:
         *,
         changes_topic: str,
         rules: Callable[[], Rules],
+        metrics: ConsumerMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._store = store
         self._sink = sink
         self._topic = changes_topic
@@ -306,6 +311,8 @@ class Segmenter:
             raise WriteConflict(
                 f"{len(pending)} customers kept changing during {MAX_WRITE_ROUNDS} rounds"
             )
+        if self._metrics is not None and emitted:
+            self._metrics.observe_changes(emitted)
         return SettleResult(written=written, changes=emitted)
 
     def _change(

@@ -40,10 +40,14 @@ from typing import Any
 from aiokafka.errors import KafkaError
 from redis.commands.core import AsyncScript
 
+from consumers.metrics import ConsumerMetrics
 from consumers.segmenter import RecordSink, Segmenter, Trigger, min_day_for
 from service.errors import SegmentsError, WriteConflict
 from service.kafka import ProducerSink, create_producer, ensure_topics
+from service.probes import kafka_producer_check, redis_check, serve_probes
+from service.reclassify import Reclassifier, run_reclassification
 from service.retry import TRANSIENT_REDIS_ERRORS
+from service.rules_runtime import RulesWatcher
 from service.segmentation.rules import Rules, load_rules
 from service.settings import Settings
 from service.store.keys import Keys, shard_of
@@ -237,8 +241,10 @@ class Sweeper:
         owner: str | None = None,
         stats: SweepStats | None = None,
         on_batch: Callable[[frozenset[int], float, float], None] | None = None,
+        metrics: ConsumerMetrics | None = None,
     ) -> None:
         s = settings.sweep
+        self._metrics = metrics
         self.settings = settings
         self.stats = stats if stats is not None else SweepStats()
         self.stopping = stopping if stopping is not None else asyncio.Event()
@@ -255,7 +261,11 @@ class Sweeper:
         inner = RedisProfileStore(redis, self._keys, ring_size=settings.state.event_id_ring)
         self._store = FencedStore(inner, redis, self._keys, lease_of=self.keeper.lease_of)
         self._segmenter = Segmenter(
-            self._store, sink, changes_topic=settings.kafka.changes_topic, rules=rules
+            self._store,
+            sink,
+            changes_topic=settings.kafka.changes_topic,
+            rules=rules,
+            metrics=metrics,
         )
         self._drop: AsyncScript = redis.register_script(_lua("due_drop"))
         self._cursor = 0
@@ -408,9 +418,13 @@ class Sweeper:
                 )
         # Lag: the clock once the change events are acknowledged, against the due time.
         produced_ms = epoch_ms(self._clock())
-        for change in result.changes:
-            due = by_customer[str(change["customer_id"])]
-            self.stats.lag_s.append((produced_ms - due.due_ms) / 1000)
+        lags = [
+            (produced_ms - by_customer[str(change["customer_id"])].due_ms) / 1000
+            for change in result.changes
+        ]
+        self.stats.lag_s.extend(lags)
+        if self._metrics is not None:
+            self._metrics.observe_sweep(lags)
         await self._store.trim(list(states.values()))
         self.stats.batches += 1
         self.stats.reviewed += len(states)
@@ -455,33 +469,82 @@ async def run_sweeper(
     clock: Callable[[], datetime] = utc_now,
     stats: SweepStats | None = None,
     owner: str | None = None,
+    metrics: ConsumerMetrics | None = None,
 ) -> None:
-    """A sweeper with its own Redis client and producer, until ``stopping`` is set.
+    """A sweeper with its own Redis client and producer, until ``stopping`` is set; beside it,
+    a worker of the re-classification that follows a rules activation.
 
-    Standalone (``segments sweep``) or inside the consumer, which passes its own ``stopping``,
-    rules getter (so both follow rule changes alike) and clock.
+    Standalone (``segments sweep``: it follows the active rules through its own watcher and
+    serves the probes) or inside the consumer, which passes its own ``stopping``, rules getter
+    (so both follow rule changes alike), clock and metrics, and serves the probes itself.
     """
-    if rules is None:
-        fixed = load_rules(settings.rules_file)
-        rules = lambda: fixed  # noqa: E731
     await ensure_topics(settings.kafka)
     redis = create_redis(settings.redis)
+    standalone = metrics is None
+    metrics = metrics if metrics is not None else ConsumerMetrics()
+    watcher = None
+    if rules is None:
+        fallback = load_rules(settings.rules_file)
+        watcher = RulesWatcher.from_settings(
+            settings, redis, fallback=fallback, on_change=metrics.set_rules
+        )
+        await watcher.start()
+        rules = watcher.current
+        metrics.set_rules(fallback)
     producer = create_producer(settings.kafka)
     await producer.start()
     try:
+        sink = ProducerSink(producer)
         sweeper = Sweeper(
             settings,
             redis=redis,
-            sink=ProducerSink(producer),
+            sink=sink,
             rules=rules,
             clock=clock,
             stopping=stopping,
             owner=owner,
             stats=stats,
+            metrics=metrics,
         )
-        await sweeper.run()
+        keys = Keys(settings.redis.key_prefix)
+        store = RedisProfileStore(redis, keys, ring_size=settings.state.event_id_ring)
+        reclassifier = Reclassifier(
+            settings,
+            redis,
+            store,
+            Segmenter(
+                store,
+                sink,
+                changes_topic=settings.kafka.changes_topic,
+                rules=rules,
+                metrics=metrics,
+            ),
+            rules=rules,
+            clock=clock,
+            owner=sweeper.owner,
+        )
+        async with contextlib.AsyncExitStack() as stack:
+            if standalone:
+                await stack.enter_async_context(
+                    serve_probes(
+                        settings.probes,
+                        checks={
+                            "redis": redis_check(redis.ping),
+                            "kafka": kafka_producer_check(producer),
+                        },
+                        registry=metrics.registry,
+                    )
+                )
+            reclassifying = asyncio.create_task(run_reclassification(reclassifier, stopping))
+            try:
+                await sweeper.run()
+            finally:
+                stopping.set()
+                await asyncio.gather(reclassifying, return_exceptions=True)
     finally:
         await producer.stop()
+        if watcher is not None:
+            await watcher.aclose()
         await redis.aclose()
 
 

@@ -44,7 +44,11 @@ demo_keys="$(printf '[{"name":"demo","sha256":"%s","scopes":["admin"]},{"name":"
 export SEGMENTS_API__KEYS="${SEGMENTS_API__KEYS:-$demo_keys}"
 
 "$python" -m service.cli topics
-"$python" -m service.cli consume >"$state/consumer.log" 2>&1 & pids+=($!)
+# The consumer also sweeps (customers drift to at risk / churned on time) and re-classifies
+# after a rules change: one process for the whole pipeline. Its probes and metrics:
+probes_port="${SEGMENTS_DEMO_PROBES_PORT:-9400}"
+SEGMENTS_SWEEP__IN_CONSUMER=true SEGMENTS_PROBES__PORT="$probes_port" \
+    "$python" -m service.cli consume >"$state/consumer.log" 2>&1 & pids+=($!)
 "$python" -m service.cli api --port "$port" >"$state/api.log" 2>&1 & pids+=($!)
 "$python" -m service.cli demo --customers "${SEGMENTS_DEMO_CUSTOMERS:-5000}" --rate "${SEGMENTS_DEMO_RATE:-200}" \
     >"$state/demo.log" 2>&1 & pids+=($!)
@@ -59,7 +63,7 @@ cat <<TXT
     A customer       curl -H "Authorization: Bearer $demo_key" http://127.0.0.1:$port/v1/customers/c-000001/segment
     Segments         curl -H "Authorization: Bearer $demo_key" http://127.0.0.1:$port/v1/segments
     Live changes     curl -N -H "Authorization: Bearer $read_key" http://127.0.0.1:$port/v1/segment-changes/stream
-    Metrics          http://127.0.0.1:$port/metrics
+    Metrics          http://127.0.0.1:$port/metrics (API)   http://127.0.0.1:$probes_port/metrics (pipeline)
     Kafka            $SEGMENTS_KAFKA_BOOTSTRAP ($broker)     Redis  $SEGMENTS_REDIS_URL
     Logs             $state/{consumer,api,demo}.log
   Ctrl-C stops everything.

@@ -160,7 +160,18 @@ async def serve_probes(
     server = ProbesServer(
         checks=checks, registry=registry, check_timeout_s=settings.check_timeout_s
     )
-    await server.start(settings.host, settings.port)
+    try:
+        await server.start(settings.host, settings.port)
+    except OSError as exc:
+        # Another process on this host holds the port (several roles on one machine, e.g. a
+        # local run or the tests): the role still works, without probes. In a container each
+        # role has the port to itself; a missing probe there fails its liveness check, loudly.
+        log.warning(
+            "probes port unavailable; running without probes",
+            extra={"host": settings.host, "port": settings.port, "error": str(exc)},
+        )
+        yield None
+        return
     log.info("probes listening", extra={"host": settings.host, "port": server.port})
     try:
         yield server

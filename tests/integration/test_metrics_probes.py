@@ -1,9 +1,9 @@
 """Pipeline metrics and the probes server against a real broker and real Redis.
 
-The consumer here is wired with :class:`ConsumerMetrics` exactly as docs/OPERATIONS.md tells
-the runner to be (one ``observe_batch`` after each commit, ``observe_changes`` after each
-settle, ``set_assignment`` on rebalance); after a known workload every counter must equal
-what was processed, and the change counters must equal the change events on the topic.
+The consumer here is the real one (:class:`ConsumerApp`, as ``segments consume`` runs it);
+after a known workload every counter of its registry (what its probes port serves as
+/metrics) must equal what was processed, and the change counters must equal the change
+events on the topic.
 """
 
 from __future__ import annotations
@@ -13,21 +13,19 @@ import contextlib
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
 
-from consumers.codec import EventCodec
-from consumers.handler import BatchHandler
 from consumers.metrics import NONE_SEGMENT, ConsumerMetrics
-from consumers.segmenter import Segmenter, SettleResult
-from service.kafka import ProducerSink, client_options, create_producer, ensure_topics
+from consumers.runner import ConsumerApp
+from service.kafka import client_options, ensure_topics
 from service.probes import (
     ProbesServer,
     kafka_consumer_checks,
@@ -36,11 +34,9 @@ from service.probes import (
 )
 from service.segmentation.rules import load_rules
 from service.settings import ProbesSettings, Settings
-from service.store.keys import Keys
-from service.store.profiles import RedisProfileStore
 from service.store.redis_client import create_redis
 from tests.support.events import encode, engagement, purchase, refund
-from tests.support.kafka import produce, read_topic, wait_for
+from tests.support.kafka import committed, produce, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -48,89 +44,30 @@ NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 RULES = load_rules(None)
 
 
-class MeteredSegmenter(Segmenter):
-    """The segmenter with the one call the lead adds at the end of ``settle``."""
+@contextlib.asynccontextmanager
+async def running_consumer(
+    settings: Settings, ends: dict[int, int], *, timeout_s: float = 60
+) -> AsyncIterator[ConsumerApp]:
+    """The real consumer (:class:`ConsumerApp`, as ``segments consume`` runs it) until the
+    group has committed every produced offset; stopped when the block ends. Its metrics
+    registry is what the probes port serves as /metrics."""
+    settings = settings.model_copy(update={"probes": ProbesSettings(port=0)})
+    app = ConsumerApp(settings, rules=RULES, clock=lambda: NOW)
+    task = asyncio.create_task(app.run())
+    k = settings.kafka
 
-    def __init__(self, *args: Any, metrics: ConsumerMetrics, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._metrics = metrics
+    async def caught_up() -> bool:
+        if task.done():
+            task.result()  # a crashed consumer fails the test here
+        got = await committed(k, k.group_id, k.events_topic, list(ends))
+        return all(got[p] >= end for p, end in ends.items())
 
-    async def settle(self, *args: Any, **kwargs: Any) -> SettleResult:
-        result = await super().settle(*args, **kwargs)
-        self._metrics.observe_changes(result.changes)
-        return result
-
-
-class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, metrics: ConsumerMetrics, consumer: Callable[[], AIOKafkaConsumer]) -> None:
-        self._metrics = metrics
-        self._consumer = consumer
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        self._metrics.set_assignment(self._consumer().assignment() - revoked, revoked)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._metrics.set_assignment(self._consumer().assignment())
-
-
-async def consume_with_metrics(
-    settings: Settings, metrics: ConsumerMetrics, *, total: int, timeout_s: float = 60
-) -> None:
-    """poll → handle → commit → observe_batch, until ``total`` records were handled."""
-    s = settings
-    redis = create_redis(s.redis)
-    producer = create_producer(s.kafka)
-    consumer = AIOKafkaConsumer(
-        **client_options(s.kafka),
-        group_id=s.kafka.group_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        session_timeout_ms=s.kafka.session_timeout_ms,
-    )
-    consumer.subscribe([s.kafka.events_topic], listener=_Assignment(metrics, lambda: consumer))
-    await producer.start()
-    await consumer.start()
-    sink = ProducerSink(producer)
-    store = RedisProfileStore(redis, Keys(s.redis.key_prefix), ring_size=s.state.event_id_ring)
-    rules = lambda: RULES  # noqa: E731
-    metrics.set_rules(RULES)
-    handler = BatchHandler(
-        s,
-        codec=EventCodec(s.validation),
-        store=store,
-        segmenter=MeteredSegmenter(
-            store, sink, changes_topic=s.kafka.changes_topic, rules=rules, metrics=metrics
-        ),
-        dead_letters=sink,
-        rules=rules,
-        clock=lambda: NOW,
-    )
-    handled = 0
-    deadline = time.monotonic() + timeout_s
     try:
-        while handled < total:
-            assert time.monotonic() < deadline, f"handled {handled} of {total} records"
-            batches = await consumer.getmany(timeout_ms=200, max_records=s.kafka.max_batch)
-            if not batches:
-                continue
-            records = [r for recs in batches.values() for r in recs]
-            stats = await handler.handle(records)
-            offsets = {tp: recs[-1].offset + 1 for tp, recs in batches.items()}
-            t_commit = time.perf_counter()
-            await consumer.commit(offsets)
-            metrics.observe_batch(
-                stats,
-                records,
-                committed=offsets,
-                highwater=consumer.highwater,
-                commit_s=time.perf_counter() - t_commit,
-            )
-            handled += stats.records
+        await wait_for(caught_up, timeout_s=timeout_s, what="every record committed")
+        yield app
     finally:
-        await consumer.stop()
-        await producer.stop()
-        await store.aclose()
-        await redis.aclose()
+        app.request_stop()
+        await asyncio.wait_for(task, 30)
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
@@ -176,9 +113,14 @@ async def test_counters_match_the_workload(make_settings) -> None:  # type: igno
     mixed = records[:100] + [r for rs in bad.values() for r in rs] + records[100:]
     ends = await produce(k, k.events_topic, mixed)
 
-    metrics = ConsumerMetrics()
-    await consume_with_metrics(settings, metrics, total=len(mixed))
-    r = metrics.registry
+    async with running_consumer(settings, ends) as app:
+        await check_counters(app.metrics.registry, settings, mixed, good, bad, duplicates, ends)
+
+
+async def check_counters(  # type: ignore[no-untyped-def]
+    r: CollectorRegistry, settings, mixed, good, bad, duplicates, ends
+) -> None:
+    k = settings.kafka
 
     assert sample(r, "segments_events_consumed_total") == len(mixed)
     assert sample(r, "segments_events_applied_total") == len(good)
