@@ -28,6 +28,68 @@ def _sweep(_: argparse.Namespace) -> int:
     return 0
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from consumers.replay import ReplayOptions, run_replay
+
+    if args.prefix is None and args.redis_url is None:
+        print(
+            "segments replay: give --prefix and/or --redis-url (where to rebuild)", file=sys.stderr
+        )
+        return 2
+    options = ReplayOptions(
+        prefix=args.prefix,
+        redis_url=args.redis_url,
+        force=args.force,
+        changes_topic=args.changes_topic,
+        verify=args.verify,
+        verify_only=args.verify_only,
+        live_lost=args.live_lost,
+        rules_file=Path(args.rules) if args.rules else None,
+        examples=args.examples,
+    )
+    return asyncio.run(run_replay(get_settings(), options))
+
+
+def _add_replay_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    replay = sub.add_parser(
+        "replay",
+        help="rebuild the whole state from the events topic into a fresh prefix or Redis, "
+        "then verify it against the live state",
+    )
+    replay.add_argument("--prefix", help="key prefix of the rebuilt state (e.g. r1:)")
+    replay.add_argument(
+        "--redis-url", help="Redis (or another DB of it) of the rebuilt state (default: live)"
+    )
+    replay.add_argument(
+        "--force", action="store_true", help="delete what is under the target prefix first"
+    )
+    replay.add_argument(
+        "--changes-topic", help="publish the rebuild's change events there (default: none)"
+    )
+    replay.add_argument(
+        "--verify",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compare the rebuilt state with the live one afterwards (default on)",
+    )
+    replay.add_argument(
+        "--verify-only",
+        action="store_true",
+        help="do not rebuild: compare the state at --prefix/--redis-url with the live one",
+    )
+    replay.add_argument(
+        "--live-lost",
+        action="store_true",
+        help="the live Redis is gone: read nothing from it (rules from --rules or the "
+        "rules file), do not verify",
+    )
+    replay.add_argument("--rules", metavar="FILE", help="rebuild with these rules")
+    replay.add_argument(
+        "--examples", type=int, default=20, help="differences listed at most (default 20)"
+    )
+    replay.set_defaults(run=_replay)
+
+
 def _topics(args: argparse.Namespace) -> int:
     from service.kafka import ensure_topics
 
@@ -205,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated proxy addresses (or '*') whose X-Forwarded-* headers are trusted",
     )
     api.set_defaults(run=_api)
+
+    _add_replay_command(sub)
 
     topics = sub.add_parser("topics", help="create the Kafka topics if missing")
     topics.add_argument("--partitions", type=int, default=8)
