@@ -32,7 +32,7 @@ from service.store.keys import Keys, shard_of
 from service.store.profiles import RedisProfileStore
 from service.store.redis_client import create_redis
 from service.store.state_diff import Positions
-from service.store.verify import Side
+from service.store.verify import Side, customer_pattern, parse_customer_key, scan_keys
 from tests.support.events import encode, engagement, purchase, refund
 from tests.support.kafka import produce, wait_for
 
@@ -102,8 +102,7 @@ async def _all_states(settings: Settings, prefix: str) -> dict[str, tuple[object
     store = RedisProfileStore(redis, keys, ring_size=settings.state.event_id_ring)
     try:
         ids = [
-            k.decode().split(":c:", 1)[1]
-            async for k in redis.scan_iter(match=f"{prefix}{{s*}}:c:*", count=1000)
+            parse_customer_key(keys, k)[1] async for k in scan_keys(redis, customer_pattern(keys))
         ]
         states = await store.read(ids, min_day=min_day_for(NOW, RULES))
         out: dict[str, tuple[object, ...]] = {}
