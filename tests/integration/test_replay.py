@@ -258,6 +258,24 @@ async def test_tombstones_and_rules_registry_are_copied(make_settings) -> None: 
         target_registry = RulesRegistry(live, Keys(target))
         assert await target_registry.active_version() == RULES.version
         assert [h.version for h in await target_registry.history()] == [RULES.version]
+
+        # With the live Redis taken as lost nothing is copied or verified: the rebuilt state
+        # lacks exactly the erased customer's tombstone, which verification then reports.
+        lost = f"r{uuid.uuid4().hex[:8]}:"
+        options = ReplayOptions(prefix=lost, live_lost=True)
+        assert await run_replay(settings, options, clock=lambda: NOW) == 0
+        assert not await live.exists(Keys(lost).customer("gone-1"))
+        assert await RulesRegistry(live, Keys(lost)).active_version() is None
+        a, b = _sides(settings, lost)
+        try:
+            report = await verify_states(
+                settings, a, b, rules=RULES, now=NOW, positions=None, examples=10
+            )
+        finally:
+            await a.redis.aclose()
+            await b.redis.aclose()
+        assert report.by_kind == {"missing_in_rebuilt": 1}
+        assert [d.customer_id for d in report.examples] == ["gone-1"]
     finally:
         await live.aclose()
 
