@@ -155,7 +155,7 @@ async def test_replay_reproduces_the_live_state_and_finds_corruption(make_settin
     victim = "c-7"
     try:
         lifetime = await a.redis.hget(a.keys.customer(victim), "L")
-        assert lifetime is not None
+        assert isinstance(lifetime, bytes)
         orders, rest = lifetime.split(b",", 1)
         await a.redis.hset(
             a.keys.customer(victim), "L", str(int(orders) + 1).encode() + b"," + rest
@@ -176,7 +176,7 @@ async def test_replay_reproduces_the_live_state_and_finds_corruption(make_settin
         # member-set entry and that shard's set size are reported.
         other = "c-8"
         g = await b.redis.hget(b.keys.customer(other), "g")
-        assert g is not None
+        assert isinstance(g, bytes)
         segment = g.split(b"|", 1)[0].decode()
         shard = shard_of(other)
         assert await b.redis.srem(b.keys.segment_members(shard, segment), other) == 1
