@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import multiprocessing
 import os
 import random
 import secrets
@@ -148,6 +149,62 @@ def streamed_truth(records: Iterator[tuple[bytes, bytes]], *, min_day: int) -> d
     return truth
 
 
+MAX_IN_FLIGHT = 256
+"""Read requests outstanding at once; one due beyond that is not sent and counted ``shed``
+(an open loop that queued without bound would measure its own queue)."""
+
+
+def read_load(port: int, secret: str, customers: int, rate: float, stop: Any, results: Any) -> None:
+    """Open loop (run in its own process): request k is sent at t0 + k/rate, whatever the
+    earlier answers take; puts a dict of requests, statuses, late, latencies on ``results``."""
+    results.put(asyncio.run(_read_load(port, secret, customers, rate, stop)))
+
+
+async def _read_load(
+    port: int, secret: str, customers: int, rate: float, stop: Any
+) -> dict[str, Any]:
+    rng = random.Random(7)
+    ids = [customer_id(i, customers) for i in range(customers)]
+    statuses: dict[str, int] = {}
+    latencies: list[float] = []
+    late = 0
+    interval = 1 / rate
+    headers = {"Authorization": f"Bearer {secret}"}
+    limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=64)
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", headers=headers, limits=limits
+    ) as client:
+
+        async def one(path: str) -> None:
+            t = time.perf_counter()
+            try:
+                r = await client.get(path, timeout=10)
+                key = str(r.status_code)
+            except httpx.HTTPError as exc:
+                key = type(exc).__name__
+            latencies.append((time.perf_counter() - t) * 1000)
+            statuses[key] = statuses.get(key, 0) + 1
+
+        tasks: set[asyncio.Task[None]] = set()
+        t0 = time.monotonic()
+        k = 0
+        while not stop.is_set():
+            delay = t0 + k * interval - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -1:
+                late += 1
+            k += 1
+            if len(tasks) >= MAX_IN_FLIGHT:
+                statuses["shed"] = statuses.get("shed", 0) + 1
+                continue
+            task = asyncio.create_task(one(f"/v1/customers/{rng.choice(ids)}/segment?default=true"))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        await asyncio.gather(*tasks)
+    return {"requests": k, "statuses": statuses, "late_requests": late, "latencies": latencies}
+
+
 def _log_dir(path: str) -> Path:
     logs = Path(path)
     logs.mkdir(parents=True, exist_ok=True)
@@ -223,13 +280,27 @@ class Soak:
             await self._wait_api()
             t0 = time.monotonic()
             sampler = asyncio.create_task(self._sample(consumer.pid, api.pid, redis, t0))
-            load = asyncio.create_task(self._load())
+            # The read load runs in a process of its own, so producing at full speed here
+            # cannot delay its schedule.
+            ctx = multiprocessing.get_context("spawn")
+            stop, results = ctx.Event(), ctx.Queue()
+            load = ctx.Process(
+                target=read_load,
+                args=(self.api_port, self.secret, a.customers, a.rate, stop, results),
+            )
+            load.start()
             ends = await self._produce()
             await self._wait_committed(ends, consumer)
             self.report.seconds = round(time.monotonic() - t0, 1)
             self.report.events_per_s = round(a.events / self.report.seconds)
             self.done.set()
-            await asyncio.gather(sampler, load)
+            stop.set()
+            await sampler
+            loaded = await asyncio.to_thread(results.get, True, 120)
+            await asyncio.to_thread(load.join, 30)
+            self.latencies = loaded.pop("latencies")
+            for name, value in loaded.items():
+                setattr(self.report, name, value)
         finally:
             for proc in (consumer, api):
                 proc.send_signal(signal.SIGTERM)
@@ -297,45 +368,6 @@ class Soak:
         finally:
             await consumer.stop()
         raise RuntimeError(f"not every offset committed within {self.args.timeout_s} s")
-
-    async def _load(self) -> None:
-        """Open loop: request k is sent at t0 + k/rate, whatever earlier answers take."""
-        rng = random.Random(7)
-        ids = [customer_id(i, self.args.customers) for i in range(self.args.customers)]
-        statuses = self.report.statuses
-        interval = 1 / self.args.rate
-        base = f"http://127.0.0.1:{self.api_port}"
-        headers = {"Authorization": f"Bearer {self.secret}"}
-        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-        async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits) as client:
-
-            async def one(path: str) -> None:
-                t = time.perf_counter()
-                try:
-                    r = await client.get(path, timeout=10)
-                    key = str(r.status_code)
-                except httpx.HTTPError as exc:
-                    key = type(exc).__name__
-                self.latencies.append((time.perf_counter() - t) * 1000)
-                statuses[key] = statuses.get(key, 0) + 1
-
-            tasks: set[asyncio.Task[None]] = set()
-            t0 = time.monotonic()
-            k = 0
-            while not self.done.is_set():
-                due = t0 + k * interval
-                delay = due - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                elif delay < -1:
-                    self.report.late_requests += 1
-                path = f"/v1/customers/{rng.choice(ids)}/segment?default=true"
-                task = asyncio.create_task(one(path))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                k += 1
-            await asyncio.gather(*tasks)
-        self.report.requests = k
 
     async def _sample(self, consumer: int, api: int, redis: Any, t0: float) -> None:
         while not self.done.is_set():

@@ -14,12 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import signal
 import struct
 import subprocess
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,31 +27,15 @@ from aiokafka import AIOKafkaConsumer
 
 from consumers.runner import ConsumerApp
 from service.kafka import client_options, ensure_topics
-from service.segmentation.rules import load_rules
 from service.settings import KafkaSettings, Settings
 from tests.conftest import load_services
-from tests.support.events import encode, purchase, refund
-from tests.support.faults import assert_state_exact, read_profiles
+from tests.support.events import encode
+from tests.support.faults import NOW, RULES, assert_state_exact, random_events, read_profiles
 from tests.support.kafka import committed, produce, wait_for
 
 pytestmark = pytest.mark.integration
 
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-RULES = load_rules(None)
 PARTITIONS = 4
-
-
-def _events(n: int, customers: int, seed: int) -> list[dict[str, Any]]:
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        cid = f"c-{rng.randrange(customers)}"
-        at = NOW - timedelta(days=rng.randrange(0, 300), minutes=rng.randrange(1440))
-        if rng.random() < 0.9:
-            out.append(purchase(cid, f"e-{seed}-{i}", at, f"{rng.randrange(100, 90000) / 100:.2f}"))
-        else:
-            out.append(refund(cid, f"e-{seed}-{i}", at, "4.00"))
-    return out
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -116,7 +98,7 @@ async def test_broker_outage_mid_stream(
         )
         k = settings.kafka
         await ensure_topics(k, partitions=PARTITIONS)
-        events = _events(30_000, 600, seed=31)
+        events = random_events(30_000, 600, seed=31, now=NOW)
         ends = await produce(
             k, k.events_topic, [(e["customer_id"].encode(), encode(e)) for e in events]
         )

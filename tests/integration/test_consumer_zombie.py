@@ -19,9 +19,8 @@ from consumers.runner import ConsumerApp
 from service.kafka import ensure_topics
 from service.settings import Settings
 from tests.conftest import ROOT
-from tests.integration.test_redis_faults import NOW, RULES, _events
 from tests.support.events import encode
-from tests.support.faults import assert_state_exact
+from tests.support.faults import NOW, RULES, assert_state_exact, random_events
 from tests.support.kafka import committed, produce, wait_for
 
 pytestmark = pytest.mark.integration
@@ -74,7 +73,7 @@ async def test_stalled_consumer_is_fenced_after_rebalance(
     settings = make_settings(max_batch=2_000)
     k = settings.kafka
     await ensure_topics(k, partitions=PARTITIONS)
-    events = _events(60_000, 400, seed=41)
+    events = random_events(60_000, 400, seed=41, now=NOW)
     ends = await produce(
         k, k.events_topic, [(e["customer_id"].encode(), encode(e)) for e in events]
     )

@@ -17,9 +17,8 @@ import consumers.runner
 from consumers.runner import ConsumerApp
 from service.kafka import client_options, ensure_topics
 from service.settings import KafkaSettings
-from tests.integration.test_redis_faults import NOW, RULES, _events
 from tests.support.events import encode
-from tests.support.faults import assert_state_exact, offsets_of
+from tests.support.faults import NOW, RULES, assert_state_exact, offsets_of, random_events
 from tests.support.kafka import committed, produce, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
@@ -56,7 +55,7 @@ async def test_dead_letter_topic_unavailable(
     settings = make_settings(max_batch=200)
     k = settings.kafka
     await ensure_topics(k, partitions=PARTITIONS)
-    events = _events(3_000, 200, seed=51)
+    events = random_events(3_000, 200, seed=51, now=NOW)
     first, second = events[:1_000], events[1_000:]
     records = [(e["customer_id"].encode(), encode(e)) for e in events]
     bad_at = {1_200, 1_500, 2_100, 2_700, 2_999}  # indexes in the whole stream

@@ -18,11 +18,9 @@ API in-process, against the test broker. What is asserted:
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +31,16 @@ from consumers.runner import ConsumerApp
 from consumers.segmenter import min_day_for
 from service.api.app import create_app
 from service.kafka import ensure_topics
-from service.segmentation.rules import load_rules
 from service.settings import ApiSettings, RedisSettings, Settings
 from tests.support.api import api_key, running
-from tests.support.events import encode, ground_truth, purchase, refund
+from tests.support.events import encode, ground_truth
 from tests.support.faults import (
+    NOW,
+    RULES,
     RedisServer,
     assert_state_exact,
     offsets_of,
+    random_events,
     read_profiles,
 )
 from tests.support.kafka import committed, produce, wait_for
@@ -48,22 +48,7 @@ from tests.support.proxy import LatencyProxy
 
 pytestmark = pytest.mark.integration
 
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-RULES = load_rules(None)
 PARTITIONS = 4
-
-
-def _events(n: int, customers: int, seed: int) -> list[dict[str, Any]]:
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        cid = f"c-{rng.randrange(customers)}"
-        at = NOW - timedelta(days=rng.randrange(0, 300), minutes=rng.randrange(1440))
-        if rng.random() < 0.9:
-            out.append(purchase(cid, f"e-{seed}-{i}", at, f"{rng.randrange(100, 90000) / 100:.2f}"))
-        else:
-            out.append(refund(cid, f"e-{seed}-{i}", at, "4.00"))
-    return out
 
 
 def _with_redis(settings: Settings, url: str, *, timeout_s: float) -> tuple[Settings, str]:
@@ -163,7 +148,7 @@ async def test_redis_killed_and_restarted_mid_stream(
     try:
         settings, secret = _with_redis(make_settings(max_batch=200), server.url, timeout_s=0.5)
         k = settings.kafka
-        events = _events(20_000, 500, seed=21)
+        events = random_events(20_000, 500, seed=21, now=NOW)
         ends = await _produce(settings, events)
         customer = events[0]["customer_id"]
 
@@ -245,7 +230,7 @@ async def test_slow_redis_degrades_loses_nothing_and_api_answers_within_bound(
     try:
         settings, secret = _with_redis(make_settings(max_batch=100), proxy.url, timeout_s=0.5)
         k = settings.kafka
-        events = _events(30_000, 500, seed=22)
+        events = random_events(30_000, 500, seed=22, now=NOW)
         ends = await _produce(settings, events)
         customer = events[0]["customer_id"]
 

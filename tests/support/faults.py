@@ -4,6 +4,7 @@ data dir, processes stopped and resumed, RSS readings, and ground truth per part
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -11,7 +12,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +20,18 @@ from aiokafka.partitioner import murmur2
 
 from consumers.segmenter import min_day_for
 from service.segmentation.profile import Profile
-from service.segmentation.rules import Rules
+from service.segmentation.rules import Rules, load_rules
 from service.settings import Settings
 from service.store.keys import Keys
 from service.store.packing import CustomerState
 from service.store.profiles import RedisProfileStore
 from service.store.redis_client import create_redis
-from tests.support.events import ground_truth
+from tests.support.events import ground_truth, purchase, refund
 
 HOST = "127.0.0.1"
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+"""The fixed instant the fault tests classify at."""
+RULES = load_rules(None)
 
 
 def free_port() -> int:
@@ -192,3 +196,19 @@ class _Stopped:
 
     def __exit__(self, *_: object) -> None:
         os.kill(self.pid, signal.SIGCONT)
+
+
+def random_events(n: int, customers: int, *, seed: int, now: datetime) -> list[dict[str, Any]]:
+    """``n`` purchases (90%) and refunds over ``customers`` customers, in the 300 days before
+    ``now``; distinct event ids."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        cid = f"c-{rng.randrange(customers)}"
+        at = now - timedelta(days=rng.randrange(0, 300), minutes=rng.randrange(1440))
+        if rng.random() < 0.9:
+            amount = f"{rng.randrange(100, 90000) / 100:.2f}"
+            out.append(purchase(cid, f"e-{seed}-{i}", at, amount))
+        else:
+            out.append(refund(cid, f"e-{seed}-{i}", at, "4.00"))
+    return out
