@@ -36,13 +36,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from importlib import resources
 from typing import Any
-
-from redis.commands.core import AsyncScript
 
 from service.store.keys import SHARDS, Keys
 from service.store.redis_client import AnyRedis
+from service.store.scripts import LuaScript, ScriptBatch
 
 _JOB = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _OWNER = re.compile(r"^[A-Za-z0-9._:@/-]{1,128}$")
@@ -84,11 +82,6 @@ class Lease:
         return (time.monotonic() if at is None else at) < self.valid_until
 
 
-def _script(redis: AnyRedis, name: str) -> AsyncScript:
-    source = resources.files("service.store").joinpath(f"lua/{name}.lua").read_text()
-    return redis.register_script(source)
-
-
 class ShardLeases:
     """Acquire, renew and release shard leases for one job and one owner."""
 
@@ -116,10 +109,10 @@ class ShardLeases:
         self.ttl_s = ttl_s
         self._ttl_ms = str(max(1, round(ttl_s * 1000)))
         self._monotonic = monotonic
-        self._acquire = _script(redis, "lease_acquire")
-        self._renew = _script(redis, "lease_renew")
-        self._release = _script(redis, "lease_release")
-        self._members = _script(redis, "lease_members")
+        self._acquire = LuaScript.named("lease_acquire")
+        self._renew = LuaScript.named("lease_renew")
+        self._release = LuaScript.named("lease_release")
+        self._members = LuaScript.named("lease_members")
 
     def _deadline(self, sent_at: float) -> float:
         # Redis starts the time to live when it runs the script, after we sent it.
@@ -197,20 +190,19 @@ class ShardLeases:
     async def announce(self) -> int:
         """Marks this owner live for one time to live; returns the number of live owners."""
         n = await self._members(
-            keys=[self._keys.lease_members(self.job)], args=[self.owner, self._ttl_ms]
+            self._redis, [self._keys.lease_members(self.job)], [self.owner, self._ttl_ms]
         )
         return int(n)
 
     async def leave(self) -> None:
         """Removes this owner from the live ones (on a clean stop)."""
-        await self._members(keys=[self._keys.lease_members(self.job)], args=[self.owner, "0"])
+        await self._members(self._redis, [self._keys.lease_members(self.job)], [self.owner, "0"])
 
-    async def _pipelined(self, calls: list[tuple[AsyncScript, list[str], list[str]]]) -> list[Any]:
-        pipe = self._redis.pipeline(transaction=False)
+    async def _pipelined(self, calls: list[tuple[LuaScript, list[str], list[str]]]) -> list[Any]:
+        batch = ScriptBatch(self._redis)
         for script, keys, args in calls:
-            # queued, not run; redis-py's stubs omit pipelines, which Script supports
-            await script(keys=keys, args=args, client=pipe)  # type: ignore[arg-type]
-        return list(await pipe.execute())
+            batch.script(script, keys, args)
+        return await batch.execute()
 
 
 def _text(raw: bytes | str) -> str:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Protocol
 
-from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from service.segmentation.profile import EventDelta, Profile, Totals
@@ -23,6 +20,7 @@ from service.store.packing import (
 )
 from service.store.redis_client import AnyRedis
 from service.store.resp import Command, RespPipeline, raise_for_errors
+from service.store.scripts import LuaScript, ScriptBatch
 
 _KIND_CODE = {"purchase": "p", "refund": "r", "engagement": "e"}
 
@@ -67,20 +65,6 @@ class ProfileStore(Protocol):
     async def trim(self, states: Sequence[CustomerState]) -> None: ...
 
 
-class _Script:
-    """A Lua script called by SHA, loaded on demand (a restarted Redis forgets scripts)."""
-
-    def __init__(self, name: str) -> None:
-        self.source = resources.files("service.store").joinpath(f"lua/{name}.lua").read_text()
-        self.sha = hashlib.sha1(self.source.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
-
-    async def load(self, redis: AnyRedis) -> None:
-        if isinstance(redis, Redis):
-            await redis.script_load(self.source)
-        else:  # cluster: every primary needs it
-            await redis.script_load(self.source, target_nodes=redis.PRIMARIES)  # type: ignore[call-arg]
-
-
 class RedisProfileStore:
     """Customers as hashes, applied and segmented by Lua scripts (see packing.py for fields)."""
 
@@ -100,8 +84,8 @@ class RedisProfileStore:
         self._cache = _CustomerCache(cache_size) if cache_size > 0 else None
         """Decoded customers this process applied to last (see :class:`_CustomerCache`)."""
         self._ring_size = str(ring_size)
-        self._apply = _Script("apply")
-        self._write = _Script("write_segment")
+        self._apply = LuaScript.named("apply")
+        self._write = LuaScript.named("write_segment")
         self._apply_prefix = f"*7\r\n$7\r\nEVALSHA\r\n$40\r\n{self._apply.sha}\r\n$1\r\n1\r\n"
         self._write_prefix = f"*15\r\n$7\r\nEVALSHA\r\n$40\r\n{self._write.sha}\r\n$1\r\n5\r\n"
 
@@ -297,9 +281,20 @@ class RedisProfileStore:
             self._cache.segments_written(writes, ok)
         return ok
 
-    async def _run(self, commands: list[Command], script: _Script | None) -> list[Any]:
-        """One pipelined round trip; a script Redis forgot (restart, failover) is loaded and the
-        whole pipeline sent again, which the idempotent scripts make safe."""
+    async def _run(self, commands: list[Command], script: LuaScript | None) -> list[Any]:
+        """One pipelined round trip (one per node on a cluster). A script Redis forgot
+        (restart, failover, a new node) is loaded and what it refused sent again, which the
+        idempotent scripts make safe."""
+        if self._fast is None:
+            # redis-py: single node, or a cluster (the pipeline is split by node; every
+            # command's keys share one hash tag, so one slot). The batch reloads scripts and
+            # resends only the refused calls.
+            batch = ScriptBatch(self._redis)
+            for cmd in commands:
+                batch.command(*cmd)
+            if script is not None:
+                batch.uses(script)
+            return await batch.execute()
         for attempt in (1, 2):
             try:
                 return await self._execute(commands)
@@ -309,7 +304,7 @@ class RedisProfileStore:
                 await script.load(self._redis)
         raise AssertionError("unreachable")
 
-    async def _run_packed(self, payload: bytes, count: int, script: _Script) -> list[Any]:
+    async def _run_packed(self, payload: bytes, count: int, script: LuaScript) -> list[Any]:
         """:meth:`_run` for commands already in RESP (single node only)."""
         assert self._fast is not None
         for attempt in (1, 2):
@@ -325,14 +320,10 @@ class RedisProfileStore:
         raise AssertionError("unreachable")
 
     async def _execute(self, commands: list[Command]) -> list[Any]:
-        if self._fast is not None:
-            replies = await self._fast.execute(commands)
-            raise_for_errors(replies)
-            return replies
-        pipe = self._redis.pipeline(transaction=False)
-        for cmd in commands:
-            pipe.execute_command(*cmd)
-        return list(await pipe.execute())
+        assert self._fast is not None
+        replies = await self._fast.execute(commands)
+        raise_for_errors(replies)
+        return replies
 
     async def aclose(self) -> None:
         if self._fast is not None:
