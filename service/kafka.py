@@ -32,7 +32,15 @@ def client_options(settings: KafkaSettings) -> dict[str, Any]:
     if settings.security_protocol in ("SSL", "SASL_SSL"):
         from aiokafka.helpers import create_ssl_context
 
-        opts["ssl_context"] = create_ssl_context()
+        key_password = settings.ssl_key_password
+        context = create_ssl_context(
+            cafile=settings.ssl_cafile,
+            certfile=settings.ssl_certfile,
+            keyfile=settings.ssl_keyfile,
+            password=None if key_password is None else key_password.get_secret_value(),
+        )
+        context.check_hostname = settings.ssl_check_hostname
+        opts["ssl_context"] = context
     return opts
 
 

@@ -52,12 +52,23 @@ class KafkaSettings(BaseModel):
     """Client id reported to the brokers."""
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     """Kafka security protocol."""
-    sasl_mechanism: str | None = None
-    """SASL mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) with a SASL protocol."""
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    """SASL mechanism with ``SASL_PLAINTEXT``/``SASL_SSL`` (user name and password below)."""
     sasl_username: str | None = None
     """SASL user name."""
     sasl_password: SecretStr | None = None
     """SASL password (never logged)."""
+    ssl_cafile: Path | None = None
+    """CA bundle (PEM) that signed the brokers' certificates, with ``SSL``/``SASL_SSL``; the
+    system trust store when unset."""
+    ssl_certfile: Path | None = None
+    """Client certificate (PEM) for brokers that authenticate clients by TLS (mTLS)."""
+    ssl_keyfile: Path | None = None
+    """Private key (PEM) of ``ssl_certfile``."""
+    ssl_key_password: SecretStr | None = None
+    """Password of ``ssl_keyfile`` if it is encrypted (never logged)."""
+    ssl_check_hostname: bool = True
+    """Check that a broker's certificate names the host connected to."""
     idempotent_producer: bool = False
     """Kafka producer idempotence. Not needed for correctness (change events carry a
     deterministic ``change_id``; state is applied exactly once regardless); off by default
