@@ -42,6 +42,10 @@ bench-pipeline:
 bench-api:
 	bash scripts/bench.sh api
 
+# Throughput of 1, 2 and 3 consumer processes in one group (docs/PERFORMANCE.md, Scale-out).
+bench-scale:
+	bash scripts/bench.sh scale
+
 bench-classifier:
 	$(PYTHON) bench/classifier.py
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Benchmarks against real services started here: `make bench-pipeline` (and others to come).
+# Benchmarks against real services started here: `make bench-pipeline`, `make bench-api`,
+# `make bench-scale`.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -17,6 +18,7 @@ trap 'exit 143' INT TERM  # exit runs the EXIT trap, once
 eval "$("$python" scripts/services.py --state-dir "$state" env)"
 case "$what" in
     pipeline) "$python" bench/pipeline.py "$@" ;;
+    scale) "$python" bench/scale.py --services-state "$state" "$@" ;;
     api)
         if ! command -v wrk >/dev/null 2>&1; then
             DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null
