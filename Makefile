@@ -1,6 +1,6 @@
 # Two commands do everything: `make demo` runs the system, `make test` runs every test.
 PYTHON ?= python3
-.PHONY: install demo demo-stop test test-fast lint lock lock-upgrade schemas bench-pipeline bench-api bench-classifier soak
+.PHONY: install demo demo-stop test test-fast lint lock lock-upgrade schemas bench-pipeline bench-api bench-classifier soak bench-scale
 
 install:
 	bash scripts/install.sh
