@@ -11,8 +11,9 @@ many consumers in a fresh group on an empty key prefix and measures:
 - throughput from the moment the group is formed (every process owns partitions) until the
   group's committed offsets reach the number of events produced: "done" is decided from
   committed offsets, never from the broker's end offsets; median of the runs;
-- CPU per event of the consumers (whole processes, start-up included), of Redis and of the
-  broker, and how busy the machine's cores were while the group worked (/proc/stat);
+- CPU per event of the consumers, of Redis and of the broker over the same stretch (start-up
+  and the group's formation excluded), and how busy the machine's cores were meanwhile
+  (/proc/stat);
 - the load average before and after.
 
 On a machine whose cores are already busy with one consumer, the broker and Redis, more
@@ -120,6 +121,10 @@ def delete_prefix(r: redis.Redis, prefix: str) -> None:
         r.unlink(*batch)
 
 
+def consumers_cpu(procs: list[subprocess.Popen[bytes]]) -> float:
+    return sum(common.cpu_seconds(p.pid) or 0.0 for p in procs)
+
+
 def spawn_consumer(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     with open(log_path, "wb") as log:
         return subprocess.Popen(
@@ -162,11 +167,11 @@ async def run_group(
     t0 = time.monotonic()
     try:
         procs.extend(spawn_consumer(env, path) for path in logs)
-        start: tuple[CpuSnapshot, int] | None = None
+        start: tuple[CpuSnapshot, int, float] | None = None
         while True:
             n = await committed()
             if start is None and group_formed(logs):
-                start = (snapshot(r, brokers), n)
+                start = (snapshot(r, brokers), n, consumers_cpu(procs))
             if n >= total:
                 break
             for proc, path in zip(procs, logs, strict=True):
@@ -176,7 +181,7 @@ async def run_group(
                 raise TimeoutError("the group did not finish in 30 minutes")
             await asyncio.sleep(POLL_S)
         end = snapshot(r, brokers)
-        consumer_cpu = [common.cpu_seconds(p.pid) or 0.0 for p in procs]
+        consumer_cpu = consumers_cpu(procs)
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -184,7 +189,7 @@ async def run_group(
             proc.wait(60)
         await watcher.stop()
     assert start is not None
-    first, n_start = start
+    first, n_start, consumer_cpu_start = start
     if n_start >= total:
         raise RuntimeError("the group formed after the topic was done: use more --events")
     elapsed = end.at - first.at
@@ -197,7 +202,7 @@ async def run_group(
         "formed_at_s": first.at - t0,
         "formed_at_events": n_start,
         "wall_s": wall,
-        "consumer_cpu_us_per_event": sum(consumer_cpu) / total * 1e6,
+        "consumer_cpu_us_per_event": (consumer_cpu - consumer_cpu_start) / measured * 1e6,
         "redis_cpu_us_per_event": (end.redis_s - first.redis_s) / measured * 1e6,
         "broker_cpu_us_per_event": (
             None
