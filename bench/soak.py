@@ -81,6 +81,7 @@ class Report:
     rss_mib: dict[str, dict[str, float]] = field(default_factory=dict)
     mismatched_profiles: int = -1
     checked_profiles: int = 0
+    first_mismatch: dict[str, Any] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
 
 
@@ -419,9 +420,18 @@ class Soak:
         for i in range(0, len(ids), 2_000):
             part = ids[i : i + 2_000]
             states = await store.read(part, min_day=min_day)
-            wrong += sum(
-                1 for cid in part if cid not in states or states[cid].profile != truth[cid]
-            )
+            for cid in part:
+                got = states.get(cid)
+                if got is None or got.profile != truth[cid]:
+                    wrong += 1
+                    if not self.report.first_mismatch:
+                        self.report.first_mismatch = {
+                            "customer_id": cid,
+                            "want": repr(truth[cid].lifetime),
+                            "got": repr(got.profile.lifetime) if got else None,
+                            "want_days": len(truth[cid].days),
+                            "got_days": len(got.profile.days) if got else None,
+                        }
         self.report.checked_profiles = len(ids)
         self.report.mismatched_profiles = wrong
         if wrong:
