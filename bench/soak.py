@@ -223,7 +223,9 @@ class Soak:
             dlq_topic=f"soak{run}.events.dlq",
             group_id=f"soak{run}-consumer",
         )
-        self.redis = RedisSettings(url=args.redis_url, key_prefix=f"soak{run}:")
+        self.redis = RedisSettings(
+            url=args.redis_url, key_prefix=f"soak{run}:", cluster=args.redis_cluster
+        )
         self.now = datetime.now(UTC)
         self.report = Report(args.events, args.customers, args.rate)
         self.samples: dict[str, list[tuple[float, float]]] = {
@@ -248,6 +250,7 @@ class Soak:
                 "SEGMENTS_KAFKA__GROUP_ID": self.kafka.group_id,
                 "SEGMENTS_REDIS__URL": self.redis.url,
                 "SEGMENTS_REDIS__KEY_PREFIX": self.redis.key_prefix,
+                "SEGMENTS_REDIS__CLUSTER": str(self.redis.cluster).lower(),
                 "SEGMENTS_PROBES__PORT": "0",
                 "SEGMENTS_LOG_LEVEL": "WARNING",
                 "SEGMENTS_API__KEYS": json.dumps(
@@ -453,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-dir", default=str(ROOT / "bench" / "results"))
     p.add_argument("--bootstrap", default=os.environ.get("SEGMENTS_KAFKA_BOOTSTRAP"))
     p.add_argument("--redis-url", default=os.environ.get("SEGMENTS_REDIS_URL"))
+    p.add_argument("--redis-cluster", action="store_true", help="the Redis is a Redis Cluster")
     return p
 
 

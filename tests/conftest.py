@@ -5,6 +5,10 @@
   (the Makefile starts them once for several pytest runs); otherwise the session starts its own
   in a temporary state dir and stops them at the end. A service that cannot start fails the
   tests that need it: nothing is skipped.
+- ``SEGMENTS_TEST_REDIS_CLUSTER=1``: the Redis is a Redis Cluster (``SEGMENTS_TEST_REDIS_URL``
+  names one of its nodes, or the session starts a 3-master cluster). Every test's settings get
+  ``redis.cluster`` set (build them with :func:`redis_settings`), and so do the processes tests
+  start (``SEGMENTS_REDIS__CLUSTER`` in the environment they inherit).
 """
 
 from __future__ import annotations
@@ -23,6 +27,19 @@ import pytest
 from service.settings import KafkaSettings, RedisSettings, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+
+REDIS_CLUSTER = os.environ.get("SEGMENTS_TEST_REDIS_CLUSTER", "0") == "1"
+"""The shared test Redis is a Redis Cluster."""
+
+if REDIS_CLUSTER:
+    # Processes the tests start (CLI, API, consumers) inherit it.
+    os.environ["SEGMENTS_REDIS__CLUSTER"] = "true"
+
+
+def redis_settings(url: str, **fields: Any) -> RedisSettings:
+    """Settings of the shared test Redis (cluster-aware when the session runs on a cluster);
+    a test that starts a single node of its own builds ``RedisSettings`` directly."""
+    return RedisSettings(url=url, cluster=REDIS_CLUSTER, **fields)
 
 
 def load_services() -> ModuleType:
@@ -60,8 +77,27 @@ def kafka_bootstrap(services_state: Path, broker_kind: str) -> str:
 
 @pytest.fixture(scope="session")
 def redis_url(services_state: Path) -> str:
+    if REDIS_CLUSTER:
+        url = os.environ.get("SEGMENTS_TEST_REDIS_URL") or str(
+            load_services().start("redis-cluster", services_state)["url"]
+        )
+        # The flat SEGMENTS_REDIS_URL (set by `services.py env` for the single node) overrides
+        # any configured URL: point it at the cluster too.
+        os.environ["SEGMENTS_REDIS_URL"] = url
+        return url
     if given := os.environ.get("SEGMENTS_TEST_REDIS_URL"):
         return given
+    info = load_services().start("redis", services_state)
+    return f"redis://{info['host']}:{info['port']}/0"
+
+
+@pytest.fixture(scope="session")
+def single_redis_url(redis_url: str, services_state: Path) -> str:
+    """A single Redis node, for the tests of the single-node clients (the consumer's RESP
+    pipeline, the API's multiplexed connection): the shared Redis, or on a cluster run a node
+    of the session's own."""
+    if not REDIS_CLUSTER:
+        return redis_url
     info = load_services().start("redis", services_state)
     return f"redis://{info['host']}:{info['port']}/0"
 
@@ -85,8 +121,8 @@ def make_settings(kafka_bootstrap: str, redis_url: str) -> SettingsFactory:
             poll_timeout_ms=100,
             session_timeout_ms=6_000,
         )
-        redis = RedisSettings(
-            url=redis_url, key_prefix=f"t{run}:", retry_initial_s=0.05, retry_max_s=0.5
+        redis = redis_settings(
+            redis_url, key_prefix=f"t{run}:", retry_initial_s=0.05, retry_max_s=0.5
         )
         return Settings(kafka=kafka, redis=redis, _env_file=None, **overrides)  # type: ignore[call-arg]
 

@@ -1,5 +1,6 @@
 """The API's auto-pipelined Redis connection: replies reach their callers, failures surface
-as redis-py's errors, a lost connection is replaced."""
+as redis-py's errors, a lost connection is replaced. A single-node client (a cluster's API
+uses redis-py's cluster client): on a cluster run these use a single node of their own."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from service.store.multiplex import MultiplexedRedis
 pytestmark = pytest.mark.integration
 
 
-async def test_concurrent_callers_get_their_own_replies(redis_url: str) -> None:
-    client = MultiplexedRedis(redis_url, timeout_s=5)
+async def test_concurrent_callers_get_their_own_replies(single_redis_url: str) -> None:
+    client = MultiplexedRedis(single_redis_url, timeout_s=5)
     prefix = f"mux{uuid.uuid4().hex[:8]}:"
     try:
         await client.execute([("HSET", f"{prefix}{i}", "n", str(i)) for i in range(300)])
@@ -37,8 +38,8 @@ async def test_concurrent_callers_get_their_own_replies(redis_url: str) -> None:
         await client.aclose()
 
 
-async def test_an_error_reply_fails_only_its_caller(redis_url: str) -> None:
-    client = MultiplexedRedis(redis_url, timeout_s=5)
+async def test_an_error_reply_fails_only_its_caller(single_redis_url: str) -> None:
+    client = MultiplexedRedis(single_redis_url, timeout_s=5)
     key = f"mux{uuid.uuid4().hex[:8]}:s"
     try:
         await client.execute([("SET", key, "x")])
@@ -52,9 +53,9 @@ async def test_an_error_reply_fails_only_its_caller(redis_url: str) -> None:
         await client.aclose()
 
 
-async def test_a_lost_connection_is_replaced(redis_url: str) -> None:
-    client = MultiplexedRedis(redis_url, timeout_s=5)
-    admin = Redis.from_url(redis_url)
+async def test_a_lost_connection_is_replaced(single_redis_url: str) -> None:
+    client = MultiplexedRedis(single_redis_url, timeout_s=5)
+    admin = Redis.from_url(single_redis_url)
     try:
         (client_id,) = await client.execute([("CLIENT", "ID")])
         await admin.execute_command("CLIENT", "KILL", "ID", client_id)

@@ -11,17 +11,17 @@ from dataclasses import replace
 
 import pytest
 
-from service.settings import RedisSettings
 from service.store.keys import SHARDS, Keys
 from service.store.leases import SAFETY, ShardLeaseKeeper, ShardLeases
 from service.store.redis_client import AnyRedis, create_redis
+from tests.conftest import redis_settings
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[AnyRedis]:
-    client = create_redis(RedisSettings(url=redis_url))
+    client = create_redis(redis_settings(redis_url))
     yield client
     await client.aclose()
 

@@ -16,6 +16,7 @@ from service.rules_store import RulesRegistry
 from service.segmentation.rules import load_rules, parse_rules, rules_from_data
 from service.store.keys import Keys
 from service.store.redis_client import create_redis
+from tests.conftest import REDIS_CLUSTER
 from tests.support.api import api_settings, load_events
 from tests.support.events import purchase
 
@@ -32,6 +33,7 @@ def _run(redis_url: str, prefix: str, *args: str) -> subprocess.CompletedProcess
             "PATH": "/usr/bin:/bin",
             "SEGMENTS_REDIS__URL": redis_url,
             "SEGMENTS_REDIS__KEY_PREFIX": prefix,
+            "SEGMENTS_REDIS__CLUSTER": str(REDIS_CLUSTER).lower(),
             "SEGMENTS_RULES__DRY_RUN_SAMPLE": "1000",
         },
         capture_output=True,

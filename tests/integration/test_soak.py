@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from bench.soak import Soak, parse
+from tests.conftest import REDIS_CLUSTER
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -23,6 +24,7 @@ async def test_reduced_soak(kafka_bootstrap: str, redis_url: str, tmp_path: obje
             "--log-dir", str(tmp_path),
             "--bootstrap", kafka_bootstrap,
             "--redis-url", redis_url,
+            *(["--redis-cluster"] if REDIS_CLUSTER else []),
         ]
     )  # fmt: skip
     report = await Soak(args).run()

@@ -51,6 +51,7 @@ def _env(settings: Settings) -> dict[str, str]:
         SEGMENTS_KAFKA__DLQ_TOPIC=k.dlq_topic,
         SEGMENTS_REDIS__URL=r.url,
         SEGMENTS_REDIS__KEY_PREFIX=r.key_prefix,
+        SEGMENTS_REDIS__CLUSTER=str(r.cluster).lower(),
         SEGMENTS_SWEEP__LEASE_TTL_S=str(s.lease_ttl_s),
         SEGMENTS_SWEEP__BATCH_SIZE=str(s.batch_size),
         SEGMENTS_SWEEP__INTERVAL_S=str(s.interval_s),

@@ -19,10 +19,11 @@ from consumers.segmenter import Segmenter
 from service.api.app import create_app
 from service.kafka import ProducerSink, create_producer, ensure_topics
 from service.segmentation.rules import Rules, load_rules
-from service.settings import ApiKey, ApiSettings, KafkaSettings, RedisSettings, Settings
+from service.settings import ApiKey, ApiSettings, KafkaSettings, Settings
 from service.store.keys import Keys
 from service.store.profiles import RedisProfileStore
 from service.store.redis_client import create_redis
+from tests.conftest import redis_settings
 from tests.support.events import Rec, encode
 
 RULES = load_rules(None)
@@ -40,7 +41,7 @@ def api_key(name: str, *scopes: str) -> tuple[str, ApiKey]:
 def api_settings(redis_url: str, kafka_bootstrap: str = "127.0.0.1:9", **api: Any) -> Settings:
     """Settings with a Redis key prefix and Kafka topics of their own."""
     run = uuid.uuid4().hex[:10]
-    redis = RedisSettings(url=redis_url, key_prefix=f"t{run}:")
+    redis = redis_settings(redis_url, key_prefix=f"t{run}:")
     kafka = KafkaSettings(
         bootstrap=kafka_bootstrap,
         events_topic=f"t{run}.events",

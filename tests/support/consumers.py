@@ -47,6 +47,7 @@ def consumer_env(settings: Settings, **extra: str) -> dict[str, str]:
         SEGMENTS_KAFKA__SESSION_TIMEOUT_MS=str(k.session_timeout_ms),
         SEGMENTS_REDIS__URL=r.url,
         SEGMENTS_REDIS__KEY_PREFIX=r.key_prefix,
+        SEGMENTS_REDIS__CLUSTER=str(r.cluster).lower(),
     )
     env.update(extra)
     return env
