@@ -7,12 +7,14 @@ returns. The order inside is the whole exactly-once argument:
    (original bytes, source position and reason in headers), acknowledged before step 6;
 2. apply the valid events to Redis, one atomic Lua call each, in one pipeline; the script
    skips events at or below the customer's (partition, offset) watermark and recent event ids,
-   so a replayed batch changes nothing; the same round trip reads back every touched customer;
+   so a replayed batch changes nothing; each reply names the customer's revision, which keeps
+   the store's cache of decoded customers honest (see RedisProfileStore.apply);
 3–5. classify, produce changes and await acks, write segments (:mod:`consumers.segmenter`);
 6. (runner) commit offsets.
 
-Transient Redis failures are retried with backoff, forever: an offset is never committed past
-an event that is not applied.
+Transient Redis failures are retried with backoff, forever, steps 2–5 as one unit (a Redis
+that lost acknowledged applies in a restart gets them again): an offset is never committed
+past an event that is not applied.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
 from consumers.codec import DeadLetter, DecodedEvent, EventCodec, dead_letter_headers
-from consumers.segmenter import Segmenter, Trigger, min_day_for
+from consumers.segmenter import Segmenter, SettleResult, Trigger, min_day_for
 from service.logs import position
 from service.retry import with_backoff
 from service.segmentation.rules import Rules
 from service.settings import Settings
+from service.store.packing import CustomerState
 from service.store.profiles import APPLIED, SKIPPED_DUPLICATE, ApplyRequest, ProfileStore
 
 if TYPE_CHECKING:
@@ -140,21 +143,13 @@ class BatchHandler:
 
         try:
             if requests:
-                # 2. apply + read back, one round trip, retried until Redis answers
                 rules = self._rules()
                 min_day = min_day_for(now, rules)
                 t1 = time.perf_counter()
                 stats.decode_s = t1 - t0
-                outcomes, states = await self._retry(
-                    lambda: self._store.apply(requests, min_day=min_day), "apply"
-                )
-                stats.applied = sum(1 for o in outcomes if o == APPLIED)
-                stats.duplicates = sum(1 for o in outcomes if o == SKIPPED_DUPLICATE)
-                t2 = time.perf_counter()
-                stats.apply_s = t2 - t1
 
-                # 3–5. classify, produce changes (acked), write segments; a change names the
-                # customer's last event of the batch as its trigger, built only when needed
+                # 3–5: a change names the customer's last event of the batch as its trigger,
+                # built only when needed
                 def trigger_for(customer_id: str) -> Trigger | None:
                     source = sources.get(customer_id)
                     if source is None:
@@ -167,15 +162,37 @@ class BatchHandler:
                         offset=rec.offset,
                     )
 
-                result = await self._retry(
-                    lambda: self._segmenter.settle(
+                applied_at: set[int] = set()
+                duplicate_at: set[int] = set()
+
+                async def apply_and_settle() -> SettleResult:
+                    # 2. apply (one pipelined round trip), then 3–5. classify, produce changes
+                    # (acked), write segments. Retried as one unit: a Redis that restarted
+                    # without persistence after acknowledging the applies has lost them, and
+                    # only applying again (idempotent) puts them back before the commit.
+                    t_apply = time.perf_counter()
+                    outcomes, states = await self._store.apply(requests, min_day=min_day)
+                    for i, outcome in enumerate(outcomes):
+                        if outcome == APPLIED:
+                            applied_at.add(i)  # counted once, whichever attempt applied it
+                        elif outcome == SKIPPED_DUPLICATE:
+                            duplicate_at.add(i)
+                    t_settle = time.perf_counter()
+                    stats.apply_s += t_settle - t_apply
+                    result = await self._segmenter.settle(
                         states, now=now, cause="event", trigger_for=trigger_for
-                    ),
-                    "settle",
-                )
+                    )
+                    stats.settle_s += time.perf_counter() - t_settle
+                    touched.extend(states.values())
+                    return result
+
+                touched: list[CustomerState] = []
+                result = await self._retry(apply_and_settle, "apply")
+                stats.applied = len(applied_at)
+                stats.duplicates = len(duplicate_at - applied_at)
                 stats.changes = len(result.changes)
+                states = {s.profile.customer_id: s for s in touched}  # the last attempt's
                 await self._retry(lambda: self._store.trim(list(states.values())), "trim")
-                stats.settle_s = time.perf_counter() - t2
         finally:
             if dead_sent is not None:
                 await dead_sent  # the dead letters must be durable before the runner commits
