@@ -1,0 +1,108 @@
+"""Hostile input for the decoder: structure-aware mutations of valid events (fields, purchase
+lines, bytes, JSON text, keys) and random bytes and text. Whatever arrives, ``decode`` returns
+an event or a :class:`DeadLetter` with a :class:`Reason`, and never raises; what it accepts is
+within the contract."""
+
+from __future__ import annotations
+
+import random
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from consumers.codec import DeadLetter, DecodedEvent, EventCodec, Reason, dead_letter_headers
+from schemas.events import ID_PATTERN
+from service.segmentation.profile import MONEY_SCALE
+from service.settings import ValidationSettings
+from tests.support.events import engagement, purchase, refund
+from tests.support.fuzz import MUTATORS, mutate
+
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+VALIDATION = ValidationSettings()
+CODEC = EventCodec(VALIDATION)
+ID = re.compile(ID_PATTERN)
+FUZZ = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+BASES = [
+    purchase("c-1", "e-1", NOW - timedelta(days=2), "19.99", margin="3.00", premium="5.00"),
+    refund("c-2", "e-2", NOW - timedelta(days=1), "4.50"),
+    engagement("c-3", "e-3", NOW - timedelta(hours=3)),
+]
+
+
+def check(key: bytes | None, value: bytes) -> DecodedEvent | DeadLetter:
+    result = CODEC.decode(key, value, now=NOW)
+    if isinstance(result, DeadLetter):
+        assert isinstance(result.reason, Reason)
+        assert result.detail
+        headers = dead_letter_headers(result, topic="t", partition=0, offset=0)
+        assert all(isinstance(v, bytes) for _, v in headers)
+        return result
+    assert isinstance(result, DecodedEvent)
+    event = result.event
+    assert key == event.customer_id.encode(), "accepted only under its customer's key"
+    assert ID.match(event.customer_id) and ID.match(event.event_id)
+    assert len(value) <= VALIDATION.max_record_bytes
+    assert event.occurred_at <= NOW + timedelta(seconds=VALIDATION.max_future_skew_s)
+    cap = int(VALIDATION.max_amount * MONEY_SCALE)
+    totals = result.delta.totals.as_tuple()
+    assert all(abs(v) <= cap * (VALIDATION.max_items + 1) for v in totals)
+    return result
+
+
+@FUZZ
+@given(st.randoms(use_true_random=False), st.sampled_from(BASES))
+def test_fuzz_structure_aware_mutations(rng: random.Random, base: dict[str, Any]) -> None:
+    check(*mutate(rng, base))
+
+
+@FUZZ
+@given(
+    st.randoms(use_true_random=False),
+    st.sampled_from(BASES),
+    st.sampled_from(MUTATORS),
+    st.integers(min_value=2, max_value=4),
+)
+def test_fuzz_stacked_mutations_of_one_kind(
+    rng: random.Random, base: dict[str, Any], mutator: Any, rounds: int
+) -> None:
+    key, value = mutator(rng, base)
+    check(key, value)
+    for _ in range(rounds):  # keep damaging the (perhaps still valid) result as bytes
+        data = bytearray(value)
+        if data:
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        value = bytes(data)
+        check(key, value)
+
+
+@FUZZ
+@given(st.binary(min_size=0, max_size=4_096), st.none() | st.binary(max_size=200))
+def test_fuzz_random_bytes(value: bytes, key: bytes | None) -> None:
+    result = check(key, value)
+    assert isinstance(result, DeadLetter)  # random bytes are never an event
+
+
+@FUZZ
+@given(st.text(max_size=2_000))
+def test_fuzz_random_text(text: str) -> None:
+    check(b"c-1", text.encode("utf-8", "surrogatepass"))
+
+
+def test_every_mutator_yields_dead_letters_and_some_survivors() -> None:
+    """The mutators reach many reasons (not one early rejection) and sometimes leave a valid
+    event (so the accepting path is fuzzed too)."""
+    rng = random.Random(11)
+    reasons: set[str] = set()
+    accepted = 0
+    for i in range(3_000):
+        result = check(*mutate(rng, BASES[i % len(BASES)]))
+        if isinstance(result, DeadLetter):
+            reasons.add(result.reason)
+        else:
+            accepted += 1
+    assert len(reasons) >= 10, reasons
+    assert accepted > 0
