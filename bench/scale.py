@@ -212,6 +212,18 @@ async def run_group(
         "machine_busy_pct": 100
         * (end.machine_busy_s - first.machine_busy_s)
         / (end.machine_total_s - first.machine_total_s),
+        # Cores the pipeline (consumers + Redis + broker) used; the rest of the busy time was
+        # other work on the machine.
+        "pipeline_cores": (
+            consumer_cpu
+            - consumer_cpu_start
+            + end.redis_s
+            - first.redis_s
+            + (end.broker_s or 0.0)
+            - (first.broker_s or 0.0)
+        )
+        / elapsed,
+        "machine_busy_cores": (end.machine_busy_s - first.machine_busy_s) / elapsed,
         "load_before": load_before,
         "load_after": os.getloadavg(),
         "logs": [str(p) for p in logs],
@@ -301,14 +313,16 @@ def main() -> int:
                 f"{res['consumer_cpu_us_per_event']:.1f} us, Redis "
                 f"{res['redis_cpu_us_per_event']:.1f} us, broker "
                 f"{'n/a' if broker is None else f'{broker:.1f} us'}; machine "
-                f"{res['machine_busy_pct']:.0f}% busy; load {fmt_load(res['load_before'])} -> "
+                f"{res['machine_busy_pct']:.0f}% busy ({res['pipeline_cores']:.2f} cores for the "
+                f"pipeline, {res['machine_busy_cores'] - res['pipeline_cores']:.2f} for other "
+                f"work); load {fmt_load(res['load_before'])} -> "
                 f"{fmt_load(res['load_after'])}",
                 flush=True,
             )
 
     print(
         "\nprocesses | events/s (median) | runs | vs 1 | consumers us/event | "
-        "Redis us/event | broker us/event | machine busy"
+        "Redis us/event | broker us/event | machine busy | pipeline cores"
     )
     base = None
     summary = []
@@ -331,6 +345,7 @@ def main() -> int:
                 else common.median([x["broker_cpu_us_per_event"] for x in rs])
             ),
             "machine_busy_pct": common.median([x["machine_busy_pct"] for x in rs]),
+            "pipeline_cores": common.median([x["pipeline_cores"] for x in rs]),
         }
         summary.append(row)
         broker = row["broker_cpu_us_per_event"]
@@ -338,7 +353,8 @@ def main() -> int:
             f"{n} | {rate:,.0f} | {' / '.join(f'{x:,}' for x in runs)} | "
             f"{rate / base:.2f}x | {row['consumer_cpu_us_per_event']:.1f} | "
             f"{row['redis_cpu_us_per_event']:.1f} | "
-            f"{'n/a' if broker is None else f'{broker:.1f}'} | {row['machine_busy_pct']:.0f}%"
+            f"{'n/a' if broker is None else f'{broker:.1f}'} | {row['machine_busy_pct']:.0f}% | "
+            f"{row['pipeline_cores']:.2f}"
         )
     print(f"load average after: {fmt_load(os.getloadavg())}")
     if not args.topic:
