@@ -105,7 +105,7 @@ def mutate_bytes(rng: random.Random, event: dict[str, Any]) -> Record:
             del data[at : at + rng.randint(1, 16)]
         elif op == 3:
             del data[at:]
-        else:
+        elif data:
             data[at:at] = data[: rng.randint(1, len(data))]  # a splice of its own head
     return event["customer_id"].encode(), bytes(data)
 
