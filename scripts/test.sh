@@ -2,7 +2,8 @@
 # The whole test suite, as CI runs it (`make test`):
 #   1. install everything a fresh machine lacks (apt, pip, Kafka jars from Maven Central);
 #   2. start real Redis, Apache Kafka and Tansu in a private state dir;
-#   3. lint, unit tests, the whole integration suite against Apache Kafka, then against Tansu;
+#   3. lint, unit tests, the whole integration suite against Apache Kafka, then against Tansu,
+#      then once more against a Redis Cluster of 3 masters (with Apache Kafka);
 #   4. stop every service, whatever happened.
 # pytest's exit code 5 (no tests collected) is a failure here, like any other non-zero code.
 set -euo pipefail
@@ -21,8 +22,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 143' INT TERM  # exit runs the EXIT trap, once
 
-echo "==> services: redis, kafka, tansu"
-"$python" scripts/services.py --state-dir "$state" start redis kafka tansu
+echo "==> services: redis, redis-cluster, kafka, tansu"
+"$python" scripts/services.py --state-dir "$state" start redis redis-cluster kafka tansu
 eval "$("$python" scripts/services.py --state-dir "$state" env)"
 export SEGMENTS_TEST_REDIS_URL="$SEGMENTS_REDIS_URL"
 
@@ -45,4 +46,12 @@ SEGMENTS_TEST_BROKER=kafka SEGMENTS_TEST_KAFKA_BOOTSTRAP="$SEGMENTS_APACHE_KAFKA
 
 echo "==> integration against Tansu ($SEGMENTS_TANSU_BOOTSTRAP)"
 SEGMENTS_TEST_BROKER=tansu SEGMENTS_TEST_KAFKA_BOOTSTRAP="$SEGMENTS_TANSU_BOOTSTRAP" \
+    run_pytest -q tests/integration
+
+# Every component must work unchanged on Redis Cluster (no cross-slot command, scripts on every
+# primary, per-node SCANs). The tests of the single-node clients, and those that stop Redis,
+# use a single node of their own there (tests/conftest.py: single_redis_url).
+echo "==> integration against a Redis Cluster, 3 masters ($SEGMENTS_REDIS_CLUSTER_URL), Apache Kafka"
+SEGMENTS_TEST_REDIS_CLUSTER=1 SEGMENTS_TEST_REDIS_URL="$SEGMENTS_REDIS_CLUSTER_URL" \
+    SEGMENTS_TEST_BROKER=kafka SEGMENTS_TEST_KAFKA_BOOTSTRAP="$SEGMENTS_APACHE_KAFKA_BOOTSTRAP" \
     run_pytest -q tests/integration
