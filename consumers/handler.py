@@ -35,7 +35,13 @@ from service.retry import with_backoff
 from service.segmentation.rules import Rules
 from service.settings import Settings
 from service.store.packing import CustomerState
-from service.store.profiles import APPLIED, SKIPPED_DUPLICATE, ApplyRequest, ProfileStore
+from service.store.profiles import (
+    APPLIED,
+    ERASED,
+    SKIPPED_DUPLICATE,
+    ApplyRequest,
+    ProfileStore,
+)
 
 if TYPE_CHECKING:
     from consumers.metrics import ConsumerMetrics
@@ -70,6 +76,8 @@ class BatchStats:
     records: int = 0
     applied: int = 0
     duplicates: int = 0
+    erased: int = 0
+    """Events skipped because their customer was erased (the tombstone is still alive)."""
     dead_lettered: int = 0
     changes: int = 0
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
@@ -164,6 +172,7 @@ class BatchHandler:
 
                 applied_at: set[int] = set()
                 duplicate_at: set[int] = set()
+                erased_at: set[int] = set()
 
                 async def apply_and_settle() -> SettleResult:
                     # 2. apply (one pipelined round trip), then 3–5. classify, produce changes
@@ -177,6 +186,8 @@ class BatchHandler:
                             applied_at.add(i)  # counted once, whichever attempt applied it
                         elif outcome == SKIPPED_DUPLICATE:
                             duplicate_at.add(i)
+                        elif outcome == ERASED:
+                            erased_at.add(i)
                     t_settle = time.perf_counter()
                     stats.apply_s += t_settle - t_apply
                     result = await self._segmenter.settle(
@@ -190,6 +201,7 @@ class BatchHandler:
                 result = await self._retry(apply_and_settle, "apply")
                 stats.applied = len(applied_at)
                 stats.duplicates = len(duplicate_at - applied_at)
+                stats.erased = len(erased_at - applied_at)
                 stats.changes = len(result.changes)
                 states = {s.profile.customer_id: s for s in touched}  # the last attempt's
                 await self._retry(lambda: self._store.trim(list(states.values())), "trim")

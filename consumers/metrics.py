@@ -167,6 +167,11 @@ class ConsumerMetrics:
             "Events skipped as already applied (replayed offset or repeated event_id).",
             registry=r,
         )
+        self.skipped_erased = Counter(
+            "segments_events_skipped_erased",
+            "Events skipped because their customer was erased (erase tombstone alive).",
+            registry=r,
+        )
         self.customers_expired = Counter(
             "segments_customers_expired",
             "Customers deleted by data retention: no activity for state.retention_days.",
@@ -275,6 +280,8 @@ class ConsumerMetrics:
             self.applied.inc(stats.applied)
         if stats.duplicates:
             self.duplicates.inc(stats.duplicates)
+        if stats.erased:
+            self.skipped_erased.inc(stats.erased)
         for reason, n in stats.dead_letter_reasons.items():
             (self._reasons.get(reason) or self._reasons[OTHER]).inc(n)
         self.batch_size.observe(stats.records)

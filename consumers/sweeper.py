@@ -41,6 +41,7 @@ from aiokafka.errors import KafkaError
 from redis.commands.core import AsyncScript
 
 from consumers.metrics import ConsumerMetrics
+from consumers.retention import Retention, run_retention
 from consumers.segmenter import RecordSink, Segmenter, Trigger, min_day_for
 from service.errors import SegmentsError, WriteConflict
 from service.kafka import ProducerSink, create_producer, ensure_topics
@@ -472,7 +473,8 @@ async def run_sweeper(
     metrics: ConsumerMetrics | None = None,
 ) -> None:
     """A sweeper with its own Redis client and producer, until ``stopping`` is set; beside it,
-    a worker of the re-classification that follows a rules activation.
+    a worker of the re-classification that follows a rules activation, and the retention job
+    (off unless ``state.retention_days`` is set) on the same shard leases.
 
     Standalone (``segments sweep``: it follows the active rules through its own watcher and
     serves the probes) or inside the consumer, which passes its own ``stopping``, rules getter
@@ -536,11 +538,18 @@ async def run_sweeper(
                     )
                 )
             reclassifying = asyncio.create_task(run_reclassification(reclassifier, stopping))
+            retaining = asyncio.create_task(
+                run_retention(
+                    Retention(settings, redis, clock=clock, on_expired=metrics.observe_expired),
+                    sweeper.keeper.held,
+                    stopping,
+                )
+            )
             try:
                 await sweeper.run()
             finally:
                 stopping.set()
-                await asyncio.gather(reclassifying, return_exceptions=True)
+                await asyncio.gather(reclassifying, retaining, return_exceptions=True)
     finally:
         await producer.stop()
         if watcher is not None:
