@@ -19,6 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from schemas.api import MAX_BATCH_IDS
 from service.errors import NotFound, SegmentsError, StoreUnavailable
@@ -151,6 +152,17 @@ def _store_unavailable(request: Request) -> Response:
     )
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every method some route of the app accepts at the request's path."""
+    scope = {**request.scope, "method": "GET"}
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        route_methods = getattr(route, "methods", None)
+        if route_methods and route.matches(scope)[0] != Match.NONE:
+            methods |= set(route_methods)
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_api_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
@@ -160,8 +172,17 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         return _validation_response(exc)
 
-    async def on_http(_: Request, exc: Exception) -> Response:
+    async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 405:
+            # Starlette's Allow names the first route matching the path only; a path served
+            # by several routes (GET and PUT /v1/rules) must list every method it accepts.
+            return error_response(
+                405,
+                "method_not_allowed",
+                "Method Not Allowed",
+                headers={"Allow": _allowed_methods(request)},
+            )
         if exc.status_code == 400 and exc.__cause__ is not None:
             # FastAPI could not read the body (e.g. JSON that is not UTF-8): a request as
             # invalid as malformed JSON, which it answers 422, so answer the same.
