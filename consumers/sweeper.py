@@ -35,10 +35,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any
 
 from aiokafka.errors import KafkaError
-from redis.commands.core import AsyncScript
 
 from consumers.metrics import ConsumerMetrics
 from consumers.retention import Retention, run_retention
@@ -56,6 +54,7 @@ from service.store.leases import Lease, ShardLeaseKeeper, ShardLeases
 from service.store.packing import CustomerState, epoch_ms, from_epoch_ms, pack_segmentation
 from service.store.profiles import ApplyRequest, RedisProfileStore, SegmentWrite
 from service.store.redis_client import AnyRedis, create_redis
+from service.store.scripts import LuaScript, ScriptBatch
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +160,7 @@ class FencedStore:
         self._redis = redis
         self._keys = keys
         self._lease_of = lease_of
-        self._write: AsyncScript = redis.register_script(_fenced_write_source())
+        self._write = LuaScript(_fenced_write_source())
 
     async def apply(
         self, requests: Sequence[ApplyRequest], *, min_day: int
@@ -177,7 +176,7 @@ class FencedStore:
     async def write_segments(self, writes: Sequence[SegmentWrite]) -> list[bool]:
         k = self._keys
         lost: set[int] = set()
-        pipe = self._redis.pipeline(transaction=False)
+        batch = ScriptBatch(self._redis)
         queued: list[int] = []
         for i, w in enumerate(writes):
             shard = shard_of(w.customer_id)
@@ -187,8 +186,9 @@ class FencedStore:
                 continue
             old_segment = w.old_segment or ""
             new_segment = w.new.segment
-            await self._write(
-                keys=[
+            batch.script(
+                self._write,
+                [
                     k.customer(w.customer_id, shard),
                     k.segment_members(shard, old_segment or new_segment),
                     k.segment_members(shard, new_segment),
@@ -196,7 +196,7 @@ class FencedStore:
                     k.due(shard),
                     k.lease(shard, lease.job),
                 ],
-                args=[
+                [
                     w.expected_revision,
                     w.expected_packed,
                     "\n".join(pack_segmentation(w.new)),
@@ -206,10 +206,9 @@ class FencedStore:
                     w.customer_id,
                     lease.value,
                 ],
-                client=pipe,  # type: ignore[arg-type]  # redis-py's stubs omit pipelines
             )
             queued.append(i)
-        results: list[Any] = list(await pipe.execute()) if queued else []
+        results = await batch.execute()
         ok = [False] * len(writes)
         for i, result in zip(queued, results, strict=True):
             if int(result) == -1:
@@ -268,7 +267,7 @@ class Sweeper:
             rules=rules,
             metrics=metrics,
         )
-        self._drop: AsyncScript = redis.register_script(_lua("due_drop"))
+        self._drop = LuaScript.named("due_drop")
         self._cursor = 0
         """Where the next batch starts when more shards have due entries than fit in one."""
 
@@ -446,14 +445,14 @@ class Sweeper:
         ]
         if not stuck:
             return []
-        pipe = self._redis.pipeline(transaction=False)
+        drops = ScriptBatch(self._redis)
         for d in stuck:
-            await self._drop(
-                keys=[self._keys.due(d.shard), self._keys.customer(d.customer_id, d.shard)],
-                args=[d.customer_id, str(d.due_ms)],
-                client=pipe,  # type: ignore[arg-type]
+            drops.script(
+                self._drop,
+                [self._keys.due(d.shard), self._keys.customer(d.customer_id, d.shard)],
+                [d.customer_id, str(d.due_ms)],
             )
-        dropped = await pipe.execute()
+        dropped = await drops.execute()
         self.stats.dropped += sum(int(x) for x in dropped)
         return [d for d, gone in zip(stuck, dropped, strict=True) if not int(gone)]
 
