@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import hiredis
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.segmentation.profile import EventDelta, Profile, Totals
 from service.store.keys import Keys, shard_of
@@ -22,11 +25,25 @@ from service.store.redis_client import AnyRedis
 from service.store.resp import Command, RespPipeline, raise_for_errors
 from service.store.scripts import LuaScript, ScriptBatch
 
+log = logging.getLogger(__name__)
+
 _KIND_CODE = {"purchase": "p", "refund": "r", "engagement": "e"}
 
 APPLIED, SKIPPED_OFFSET, SKIPPED_DUPLICATE, ERASED = 1, 0, 2, 3
 """Outcomes of apply.lua. ``ERASED``: skipped, the customer was erased and its tombstone still
 lives (:mod:`service.store.erase`); the event must not re-create it."""
+OUT_OF_ORDER = -1
+"""apply.lua's reply when the customer's previous event of the pipeline did not run (a pipeline
+that ran only in part): nothing changed, the whole pipeline is sent again."""
+_NOT_RUN = -2
+"""A call Redis refused (NOSCRIPT): sent again with the whole pipeline."""
+_APPLY_ROUNDS = 3
+"""Sends of one apply pipeline before giving up to the caller's retry (one resend repairs a
+partial run; a third means scripts keep vanishing, a Redis in trouble)."""
+
+
+class PartialApplyError(RedisTimeoutError):
+    """An apply pipeline kept running only in part; transient, the caller retries it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +101,8 @@ class RedisProfileStore:
         self._cache = _CustomerCache(cache_size) if cache_size > 0 else None
         """Decoded customers this process applied to last (see :class:`_CustomerCache`)."""
         self._ring_size = str(ring_size)
+        self.partial_applies = 0
+        """Apply pipelines that ran in part and were sent again (see :meth:`_apply_read`)."""
         self._apply = LuaScript.named("apply")
         self._write = LuaScript.named("write_segment")
         self._apply_prefix = f"*7\r\n$7\r\nEVALSHA\r\n$40\r\n{self._apply.sha}\r\n$1\r\n1\r\n"
@@ -136,10 +155,45 @@ class RedisProfileStore:
         self, requests: Sequence[ApplyRequest], skip_read: Collection[str], *, min_day: int
     ) -> tuple[list[int], dict[str, CustomerState]]:
         """One pipeline: every apply (replies as the script gives them), then a read-back of
-        every touched customer not in ``skip_read``."""
+        every touched customer not in ``skip_read``.
+
+        A pipeline can run in part: a Redis that lost its scripts answers NOSCRIPT to the first
+        calls, and if another client loads the script meanwhile, the later calls run. A later
+        event of a customer must then not run before an earlier refused one (its watermark
+        would fence the earlier one out for good): the script refuses it
+        (:data:`OUT_OF_ORDER`) and the whole pipeline is sent again, idempotent and in order.
+        An event applied by any send counts as applied; the read-back is the last send's.
+        """
+        heads = _apply_heads(requests, f"{min_day} {self._ring_size}")
+        applied_before: set[int] = set()
+        for _ in range(_APPLY_ROUNDS):
+            tagged, states = await self._apply_send(requests, heads, skip_read, min_day=min_day)
+            if min(tagged, default=0) >= 0:
+                for i in applied_before:
+                    if tagged[i] & 3 == SKIPPED_OFFSET:
+                        tagged[i] |= APPLIED  # applied by an earlier send (same revision)
+                return tagged, states
+            if OUT_OF_ORDER in tagged:
+                self.partial_applies += 1
+                log.warning(
+                    "apply pipeline ran in part; sending it again",
+                    extra={"refused": sum(x < 0 for x in tagged), "events": len(tagged)},
+                )
+            applied_before.update(i for i, x in enumerate(tagged) if x >= 0 and x & 3 == APPLIED)
+        raise PartialApplyError(f"apply pipeline ran in part {_APPLY_ROUNDS} times in a row")
+
+    async def _apply_send(
+        self,
+        requests: Sequence[ApplyRequest],
+        heads: list[str],
+        skip_read: Collection[str],
+        *,
+        min_day: int,
+    ) -> tuple[list[int], dict[str, CustomerState]]:
+        """One send of the apply pipeline; a call that did not run replies :data:`_NOT_RUN`
+        (NOSCRIPT) or :data:`OUT_OF_ORDER` (refused by the script)."""
         touched: dict[str, str] = {}
         read_back: dict[str, str] = {}
-        tail = f"{min_day} {self._ring_size}"
         n = len(requests)
         if self._fast is not None:
             # RESP written directly, one string per command: the generic packer's per-argument
@@ -148,14 +202,13 @@ class RedisProfileStore:
             prefix = self._apply_prefix
             chunks: list[bytes] = []
             add_chunk = chunks.append
-            for r in requests:
+            for r, head in zip(requests, heads, strict=True):
                 arg = touched.get(r.customer_id)
                 if arg is None:
                     key = self._keys.customer(r.customer_id)
                     arg = touched[r.customer_id] = f"{prefix}${len(key)}\r\n{key}\r\n"
                     if r.customer_id not in skip_read:
                         read_back[r.customer_id] = arg
-                head = _apply_head(r, tail)
                 totals = encode_totals(r.delta.totals)
                 h = r.event_hash
                 add_chunk(
@@ -166,19 +219,28 @@ class RedisProfileStore:
                 add_chunk(b"\r\n")
             for arg in read_back.values():
                 add_chunk(b"*2\r\n$7\r\nHGETALL\r\n" + arg[len(prefix) :].encode())
-            results = await self._run_packed(b"".join(chunks), n + len(read_back), self._apply)
+            results = await self._fast.execute_packed(b"".join(chunks), n + len(read_back))
+            refused = False
+            for i, reply in enumerate(results):
+                if isinstance(reply, hiredis.ReplyError):
+                    if i < n and str(reply).startswith("NOSCRIPT"):
+                        results[i] = _NOT_RUN  # sent again with the rest
+                        refused = True
+                    else:
+                        raise_for_errors([reply])
+            if refused:
+                await self._apply.load(self._redis)
         else:
             sha = self._apply.sha
             commands: list[Command] = []
             add = commands.append
-            for r in requests:
+            for r, head in zip(requests, heads, strict=True):
                 known = touched.get(r.customer_id)
                 key = known or self._keys.customer(r.customer_id)
                 if known is None:
                     touched[r.customer_id] = key
                     if r.customer_id not in skip_read:
                         read_back[r.customer_id] = key
-                head = _apply_head(r, tail)
                 add(("EVALSHA", sha, 1, key, head, encode_totals(r.delta.totals), r.event_hash))
             for key in read_back.values():
                 add(("HGETALL", key))
@@ -330,10 +392,27 @@ class RedisProfileStore:
             await self._fast.aclose()
 
 
-def _apply_head(r: ApplyRequest, tail: str) -> str:
-    """The apply script's ARGV[1] (see apply.lua)."""
-    d = r.delta
-    return f"{r.partition} {r.offset} {_KIND_CODE[d.kind]} {d.day} {d.occurred_ms} {tail}"
+def _apply_heads(requests: Sequence[ApplyRequest], tail: str) -> list[str]:
+    """The apply script's ARGV[1] of every request (see apply.lua), each naming the offset of
+    its customer's previous event in the pipeline. A customer whose events come from more than
+    one partition here (a producer keying by something else) gets no such guard: its watermark
+    moves between partitions, so the order check could never pass."""
+    partition_of: dict[str, int] = {}
+    mixed: set[str] = set()
+    for r in requests:
+        if partition_of.setdefault(r.customer_id, r.partition) != r.partition:
+            mixed.add(r.customer_id)
+    before: dict[str, int] = {}
+    heads = []
+    for r in requests:
+        cid = r.customer_id
+        prev = -1 if cid in mixed else before.get(cid, -1)
+        before[cid] = r.offset
+        d = r.delta
+        heads.append(
+            f"{r.partition} {r.offset} {prev} {_KIND_CODE[d.kind]} {d.day} {d.occurred_ms} {tail}"
+        )
+    return heads
 
 
 def _bulks(*args: str) -> str:

@@ -1,8 +1,10 @@
 -- Apply one event to a customer hash, exactly once. Twin of segmentation/profile.py:apply_event.
 -- KEYS[1]  customer hash
--- ARGV[1]  "<partition> <offset> <kind> <day> <occurred_ms> <oldest day kept> <ring size>"
---          kind: p(urchase) r(efund) e(ngagement); day: UTC epoch day of occurred_at
---          (few arguments: packing each one costs the client more than parsing costs here)
+-- ARGV[1]  "<partition> <offset> <before> <kind> <day> <occurred_ms> <oldest day kept> <ring size>"
+--          kind: p(urchase) r(efund) e(ngagement); day: UTC epoch day of occurred_at;
+--          before: the offset of this customer's previous event in the same pipeline (same
+--          partition), or -1 (few arguments: packing each one costs the client more than
+--          parsing costs here)
 -- ARGV[2]  totals as CSV of integers (trailing zeros may be omitted)
 -- ARGV[3]  event id hash (8 bytes)
 -- Returns 4 * revision_before + outcome, outcome 1 applied, 0 skipped (offset at or below the
@@ -10,10 +12,14 @@
 -- erase tombstone, field `x`, see erase.lua, which expires after its retention). The revision
 -- before lets a client that keeps the decoded customer check that no one else changed it since
 -- (RedisProfileStore's cache).
+-- Returns -1, changing nothing, when the event `before` did not run: a pipeline ran only in
+-- part (NOSCRIPT answered its first calls, then another client loaded the script). Applying
+-- this event would move the watermark past the earlier one and fence it out for good; the
+-- client sends the whole pipeline again instead, in order.
 -- One HMGET in, one HSET out: each redis.call costs more than the Lua around it.
 local key = KEYS[1]
-local partition, offset_s, kind, day_s, ts_s, min_day_s, ring_s =
-  string.match(ARGV[1], '^(%d+) (%d+) (%a) (%-?%d+) (%-?%d+) (%-?%d+) (%d+)$')
+local partition, offset_s, before_s, kind, day_s, ts_s, min_day_s, ring_s =
+  string.match(ARGV[1], '^(%d+) (%d+) (%-?%d+) (%a) (%-?%d+) (%-?%d+) (%-?%d+) (%d+)$')
 local offset = tonumber(offset_s)
 local day = tonumber(day_s)
 local min_day = tonumber(min_day_s)
@@ -28,12 +34,15 @@ if cur[9] then return tagged + 3 end
 
 -- 1. Fence: a customer's events come from one partition in offset order, so anything at or
 --    below the last applied offset of that partition was applied already (replay, zombie).
+local w_offset = -1
 if w then
   local sep = string.find(w, ':', 1, true)
-  if string.sub(w, 1, sep - 1) == partition and tonumber(string.sub(w, sep + 1)) >= offset then
-    return tagged
-  end
+  if string.sub(w, 1, sep - 1) == partition then w_offset = tonumber(string.sub(w, sep + 1)) end
+  if w_offset >= offset then return tagged end
 end
+-- 1b. In order: the customer's previous event of this pipeline ran (applied or skipped, either
+--     way the watermark is at or past it), or this one must not run either.
+if w_offset < tonumber(before_s) then return -1 end
 local mark = partition .. ':' .. offset_s
 
 -- 2. Producer duplicates arrive at new offsets: a ring of recent event id hashes catches them.
