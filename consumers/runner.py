@@ -249,11 +249,19 @@ class ConsumerApp:
         lanes = [
             asyncio.create_task(self._lane(i, consumer, h, redis)) for i, h in enumerate(handlers)
         ]
+        # run_consumer turned automatic collection off for this (see collect_garbage_every)
+        collector = (
+            asyncio.create_task(collect_garbage_every(s.gc_interval_s))
+            if s.gc_interval_s > 0 and not gc.isenabled()
+            else None
+        )
         try:
             await asyncio.gather(*lanes)
         except StopRequested:
             log.info("stopping before the batch was applied; it will be replayed")
         finally:
+            if collector is not None:
+                collector.cancel()
             for lane in lanes:
                 lane.cancel()
             await asyncio.gather(*lanes, return_exceptions=True)
@@ -351,12 +359,33 @@ class ConsumerApp:
                 delay = min(delay * 2, 5.0)
 
 
+async def collect_garbage_every(interval_s: float) -> None:
+    """Python's cyclic garbage collector on a clock instead of on allocation counts.
+
+    A batch makes millions of objects that live until the batch is done, almost none in
+    reference cycles (a 1,000,000-event run: ~1,400 objects found in cycles). Collecting on
+    allocation counts walked the batches in flight over and over: ~11% of the consumer's CPU
+    (5.3 s of 46.8 s). Reference counting frees everything else at once; the few cycles
+    (exceptions with tracebacks, futures) wait at most ``interval_s``.
+    """
+    while True:
+        await asyncio.sleep(interval_s)
+        t0 = time.perf_counter()
+        found = gc.collect()
+        log.debug(
+            "garbage collected",
+            extra={"objects": found, "ms": round((time.perf_counter() - t0) * 1000, 1)},
+        )
+
+
 async def run_consumer(settings: Settings) -> None:
-    # The consumer allocates many short-lived objects per batch; the default collector
-    # thresholds make it walk the long-lived heap far too often. Freeze what start-up made.
+    # What start-up made lives as long as the process: frozen, never walked again.
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    if settings.gc_interval_s > 0:
+        gc.disable()  # see collect_garbage_every, started by ConsumerApp.run
+    else:
+        gc.set_threshold(50_000, 20, 100)
     app = ConsumerApp(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
