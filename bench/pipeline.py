@@ -56,10 +56,17 @@ class CommittedTotal:
             {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
         )
         self._partitions = [TopicPartition(topic, p) for p in partitions]
+        self._last = 0
 
     def __call__(self) -> int:
-        got = self._client.committed(self._partitions, timeout=10)
-        return sum(max(tp.offset, 0) for tp in got)
+        from confluent_kafka import KafkaException
+
+        try:
+            got = self._client.committed(self._partitions, timeout=10)
+        except KafkaException:
+            return self._last  # the group coordinator is not there yet (a fresh broker)
+        self._last = sum(max(tp.offset, 0) for tp in got)
+        return self._last
 
     def close(self) -> None:
         self._client.close()
