@@ -275,14 +275,16 @@ class Soak:
         )
         return env
 
-    def _spawn(self, *cli: str, log: Path, nice: int = 0) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, *cli: str, log: Path, nice: int = 0, extra: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         with log.open("ab") as out:
             # `nice` execs the command: the pid sampled is the consumer's own
             prefix = ["nice", "-n", str(nice)] if nice else []
             return subprocess.Popen(
                 [*prefix, sys.executable, "-m", "service.cli", *cli],
                 cwd=ROOT,
-                env=self._env(),
+                env=self._env() | (extra or {}),
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
@@ -298,7 +300,12 @@ class Soak:
         # The consumer at a lower CPU priority: in production the API and the consumers have
         # CPU of their own (pods with requests, deploy/k8s); on this 2-core machine, at equal
         # priority the consumer at full speed with Redis and the broker starves the API.
-        consumer = self._spawn("consume", log=logs / "soak-consumer.log", nice=a.consumer_nice)
+        consumer = self._spawn(
+            "consume",
+            log=logs / "soak-consumer.log",
+            nice=a.consumer_nice,
+            extra=dict(item.split("=", 1) for item in a.set),
+        )
         api = self._spawn(
             "api", "--host", "127.0.0.1", "--port", str(self.api_port), "--workers", "1",
             log=logs / "soak-api.log",
@@ -487,6 +494,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=10,
         help="CPU niceness of the consumer process (0: same priority as the API)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SEGMENTS_X=V",
+        help="consumer setting, e.g. SEGMENTS_STATE__CUSTOMER_CACHE=50000",
     )
     p.add_argument("--timeout-s", type=float, default=3_600.0)
     p.add_argument("--log-dir", default=str(ROOT / "bench" / "results"))
