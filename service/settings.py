@@ -113,9 +113,9 @@ class StateSettings(BaseModel):
     """Recent event ids remembered per customer to drop producer duplicates."""
     customer_cache: int = Field(default=0, ge=0, le=10_000_000)
     """Decoded customers a consumer keeps in memory (least recently used out), so a customer
-    it applied to before is not read back from Redis and decoded again. OFF (0) by default
-    and not for production: with it on, the 2,000,000-event soak lost events (622 of 98,060
-    profiles short; exact with it off), a defect not yet found (docs/RELIABILITY.md)."""
+    it applied to before is not read back from Redis and decoded again. Off (0) by default:
+    no measurable gain on the benchmarks, more memory. (An early soak with it on lost events
+    to the partial-pipeline defect, since fixed; docs/RELIABILITY.md.)"""
     erase_tombstone_days: float = Field(default=30.0, gt=0, le=36_500)
     """An erased customer (``DELETE /v1/customers/{id}``) leaves a tombstone this long, days:
     while it lives, a late or replayed event of the customer is skipped instead of re-creating
