@@ -149,12 +149,14 @@ def iter_events(
     now: datetime | float | int | None = None,
     *,
     start: int = 0,
+    span_days: int = SPAN_DAYS,
 ) -> Iterator[tuple[bytes, bytes]]:
     """Yield `n` events as (key, value) bytes: key = customer_id, value = one JSON object.
 
     `now` (aware datetime or epoch seconds; default: the current time) anchors the 400-day
     span; pass it explicitly for reproducible output. `start` offsets the event/order numbers
-    (e-<n>, o-<n>) so several batches can share a topic without id clashes.
+    (e-<n>, o-<n>) so several batches can share a topic without id clashes. `span_days`: how
+    many days back the history starts (a shorter span bounds each customer's daily buckets).
     """
     if n < 0 or customers < 1:
         raise ValueError("need n >= 0 and customers >= 1")
@@ -189,7 +191,7 @@ def iter_events(
     epoch0 = date(1970, 1, 1)
     dumps = orjson.dumps
     bisect_ = bisect.bisect
-    span_s = SPAN_DAYS * 86400
+    span_s = span_days * 86400
     t_begin = now_s - span_s
 
     for k in range(n):

@@ -372,7 +372,9 @@ class Soak:
         ends: dict[int, int] = {}
         try:
             pending = []
-            for key, value in iter_events(a.events, a.customers, seed=a.seed, now=self.now):
+            for key, value in iter_events(
+                a.events, a.customers, seed=a.seed, now=self.now, span_days=a.span_days
+            ):
                 pending.append(await producer.send(self.kafka.events_topic, value, key=key))
                 if len(pending) >= 20_000:
                     for md in await asyncio.gather(*pending):
@@ -447,8 +449,10 @@ class Soak:
         rules = load_rules(None)
         min_day = min_day_for(datetime.now(UTC), rules)
         a = self.args
-        truth = streamed_truth(iter_events(a.events, a.customers, seed=a.seed, now=self.now),
-                               min_day=min_day)  # fmt: skip
+        events = iter_events(
+            a.events, a.customers, seed=a.seed, now=self.now, span_days=a.span_days
+        )
+        truth = streamed_truth(events, min_day=min_day)
         store = RedisProfileStore(redis, Keys(self.redis.key_prefix), ring_size=8)
         ids = sorted(truth)
         wrong = 0
@@ -480,6 +484,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=200.0, help="API reads per second")
     p.add_argument("--partitions", type=int, default=8)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--span-days",
+        type=int,
+        default=30,
+        help="the history's span: the events' days advance over it. 30 (default): each "
+        "customer's daily buckets stop growing early in the run, so what is left after "
+        "warm-up is the steady state whose memory must be flat; 400: the benchmark's replay, "
+        "where every customer's history grows for the whole run",
+    )
     p.add_argument("--warmup", type=float, default=0.3, help="share of the run before slopes")
     p.add_argument(
         "--max-growth", type=float, default=64.0, help="RSS growth allowed after warm-up, MiB"
