@@ -47,6 +47,8 @@ import redis  # noqa: E402
 from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 from pipeline import consumer_env  # noqa: E402
 
+from tests.support.consumers import spawn_consumer as spawn  # noqa: E402
+
 POLL_S = 0.25
 
 
@@ -127,13 +129,7 @@ def consumers_cpu(procs: list[subprocess.Popen[bytes]]) -> float:
 
 def spawn_consumer(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     with open(log_path, "wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "consume"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        return spawn(env, log)  # the child keeps its own descriptor of the log
 
 
 async def run_group(

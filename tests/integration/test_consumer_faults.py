@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import signal
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 
@@ -20,26 +19,14 @@ from service.store.keys import Keys
 from service.store.profiles import RedisProfileStore
 from service.store.redis_client import create_redis
 from tests.conftest import load_services
-from tests.support.events import encode, ground_truth, purchase, refund
+from tests.support.events import encode, ground_truth
+from tests.support.faults import random_events
 from tests.support.kafka import committed, produce, wait_for
 
 pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 RULES = load_rules(None)
-
-
-def _events(n: int, customers: int, seed: int) -> list[dict]:  # type: ignore[type-arg]
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        cid = f"c-{rng.randrange(customers)}"
-        at = NOW - timedelta(days=rng.randrange(0, 300), minutes=rng.randrange(1440))
-        if rng.random() < 0.9:
-            out.append(purchase(cid, f"e-{seed}-{i}", at, f"{rng.randrange(100, 90000) / 100:.2f}"))
-        else:
-            out.append(refund(cid, f"e-{seed}-{i}", at, "4.00"))
-    return out
 
 
 async def _assert_exact(settings, events) -> None:  # type: ignore[no-untyped-def]
@@ -56,7 +43,7 @@ async def test_rebalance_join_and_leave_mid_stream(make_settings) -> None:  # ty
     settings = make_settings(max_batch=100)
     k = settings.kafka
     await ensure_topics(k, partitions=6)
-    pool = _events(60_000, 400, seed=1)
+    pool = random_events(60_000, 400, seed=1, now=NOW)
     chunks = [pool[i : i + 300] for i in range(0, len(pool), 300)]
     ends: dict[int, int] = {}
     events: list[dict] = []  # type: ignore[type-arg]
@@ -115,7 +102,7 @@ async def test_redis_unavailable_stops_commits_then_recovers(make_settings, tmp_
         )
         k = settings.kafka
         await ensure_topics(k, partitions=2)
-        events = _events(3000, 100, seed=3)
+        events = random_events(3000, 100, seed=3, now=NOW)
         ends = await produce(
             k, k.events_topic, [(e["customer_id"].encode(), encode(e)) for e in events]
         )
