@@ -1,12 +1,15 @@
 """Pipeline benchmark: our consumer vs the Quix Streams peer, same events, same broker.
 
-    python bench/pipeline.py [--events 1000000] [--customers 200000] [--runs 3] [--skip-peer]
+    python bench/pipeline.py [--events 1000000] [--customers 200000] [--runs 3] [--warmup 1]
+                             [--skip-peer]
 
 Uses the services in $SEGMENTS_KAFKA_BOOTSTRAP / $SEGMENTS_REDIS_URL (``make bench-pipeline``
 starts Apache Kafka and Redis). Figures printed:
 
 - throughput of one ``segments consume`` process over a pre-loaded topic with 8 partitions,
-  measured from its first committed offset to the last (startup excluded), median of runs;
+  measured from its first committed offset to the last (startup excluded), median of runs,
+  after one warm-up run that is printed and not counted (``--warmup``; the broker has just
+  started, and the peer's runs come after ours);
   "done" is decided from the group's committed offsets against the offsets the producer got
   back, never from the broker's end offsets;
 - Redis memory per customer: median ``MEMORY USAGE`` of sampled customer hashes, and
@@ -247,6 +250,13 @@ def main() -> int:
     ap.add_argument("--customers", type=int, default=200_000)
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="runs of ours before the measured ones, printed and not counted: a broker just "
+        "started (JIT, page cache) is slower than a running one, for ours and the peer alike",
+    )
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--peer-runs", type=int, default=None)
     ap.add_argument(
@@ -279,6 +289,15 @@ def main() -> int:
             f"at {produced['events_per_s']:,.0f}/s",
             flush=True,
         )
+
+    for i in range(args.warmup):
+        res = run_ours(bootstrap, redis_url, topic, args.events, log_dir, overrides)
+        print(
+            f"warm-up run {i + 1} (not counted): {res['events_per_s']:,.0f} events/s, "
+            f"CPU {res['cpu_s']:.1f}s of {res['wall_s']:.1f}s wall",
+            flush=True,
+        )
+        redis.Redis.from_url(redis_url).flushall()
 
     results = []
     for i in range(args.runs):
