@@ -6,7 +6,7 @@ import itertools
 import logging
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import hiredis
 from redis.exceptions import NoScriptError
@@ -46,9 +46,8 @@ class PartialApplyError(RedisTimeoutError):
     """An apply pipeline kept running only in part; transient, the caller retries it."""
 
 
-@dataclass(frozen=True, slots=True)
-class ApplyRequest:
-    """One decoded event with its source position."""
+class ApplyRequest(NamedTuple):
+    """One decoded event with its source position (a named tuple: one is made per event)."""
 
     customer_id: str
     partition: int
@@ -244,7 +243,18 @@ class RedisProfileStore:
                 add(("EVALSHA", sha, 1, key, head, encode_totals(r.delta.totals), r.event_hash))
             for key in read_back.values():
                 add(("HGETALL", key))
-            results = await self._run(commands, self._apply)
+            # Sent once, like the RESP path above (not ScriptBatch.execute, which resends only
+            # the refused calls): an apply refused with NOSCRIPT sends the whole pipeline again,
+            # read-backs included, or a read-back taken before that apply ran would show the
+            # customer without its event (a segmentation and change never made for it).
+            batch = ScriptBatch(self._redis)
+            for cmd in commands:
+                batch.command(*cmd)
+            batch.uses(self._apply)
+            results = await batch.execute_once()
+            for i, reply in enumerate(results[:n]):
+                if isinstance(reply, NoScriptError):
+                    results[i] = _NOT_RUN  # sent again with the rest
 
         outcomes = [int(x) for x in results[:n]]
         states = {

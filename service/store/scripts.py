@@ -77,17 +77,10 @@ class ScriptBatch:
         self._also[script.sha] = script
 
     async def execute(self) -> list[Any]:
-        """Every reply in order; the first error reply is raised (after every call ran)."""
-        calls, self._calls = self._calls, []
-        if not calls:
-            return []
-        replies = await self._send([cmd for _, cmd in calls])
-        refused = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        """Every reply in order; the first error reply is raised (after every call ran). Calls
+        refused with NOSCRIPT are sent again on their own once the scripts are loaded."""
+        calls, replies, refused = await self._send_all()
         if refused:
-            scripts = dict(self._also)
-            scripts.update((s.sha, s) for i in refused if (s := calls[i][0]) is not None)
-            for script in scripts.values():
-                await script.load(self._redis)
             again = await self._send([calls[i][1] for i in refused])
             for i, reply in zip(refused, again, strict=True):
                 replies[i] = reply
@@ -95,6 +88,34 @@ class ScriptBatch:
             if isinstance(reply, Exception):
                 raise reply
         return replies
+
+    async def execute_once(self) -> list[Any]:
+        """Every reply in order, sent once: a call refused with NOSCRIPT comes back as its
+        :class:`NoScriptError` (the scripts are loaded by then), for a caller that must send
+        the whole batch again rather than the refused calls alone; any other error reply is
+        raised."""
+        _, replies, _ = await self._send_all()
+        for reply in replies:
+            if isinstance(reply, Exception) and not isinstance(reply, NoScriptError):
+                raise reply
+        return replies
+
+    async def _send_all(
+        self,
+    ) -> tuple[list[tuple[LuaScript | None, tuple[Arg, ...]]], list[Any], list[int]]:
+        """Sends every queued call once; loads the scripts any refused call needs. Returns
+        the calls, their replies and the indexes refused with NOSCRIPT."""
+        calls, self._calls = self._calls, []
+        if not calls:
+            return [], [], []
+        replies = await self._send([cmd for _, cmd in calls])
+        refused = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if refused:
+            scripts = dict(self._also)
+            scripts.update((s.sha, s) for i in refused if (s := calls[i][0]) is not None)
+            for script in scripts.values():
+                await script.load(self._redis)
+        return calls, replies, refused
 
     async def _send(self, commands: list[tuple[Arg, ...]]) -> list[Any]:
         pipe = self._redis.pipeline(transaction=False)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.asyncio.cluster import RedisCluster
 
 from consumers.codec import DecodedEvent, EventCodec
 from consumers.segmenter import min_day_for
@@ -215,5 +216,26 @@ async def test_a_customer_on_two_partitions_in_one_pipeline_still_applies(
     outcomes, _ = await store.apply(mixed, min_day=MIN_DAY)
     assert outcomes == [APPLIED] * len(events)
     assert store.partial_applies == 0
+    await _assert_exact(store, events)
+    await redis.aclose()
+
+
+async def test_read_back_follows_applies_refused_with_noscript(redis_url: str) -> None:
+    """redis-py's path (a cluster's) after Redis lost its scripts (restart, failover, a new
+    node): every apply is refused at first, and the read-backs sent in the same pipeline must
+    be taken again after the applies ran. Resending only the refused calls returned the
+    customers as before their events: the segmenter then saw them as unknown and made no
+    segmentation and no change event for them, while their offsets were committed (found by
+    the scale-out test on a fresh cluster)."""
+    redis = create_redis(redis_settings(redis_url))
+    flush = {"target_nodes": RedisCluster.PRIMARIES} if isinstance(redis, RedisCluster) else {}
+    await redis.execute_command("SCRIPT FLUSH", **flush)
+    store = RedisProfileStore(redis, Keys(f"nb{uuid.uuid4().hex[:8]}:"), ring_size=8)
+    events = _history()
+    outcomes, states = await store.apply(_requests(events), min_day=MIN_DAY)
+
+    assert outcomes == [APPLIED] * len(events)
+    truth = ground_truth(events, min_day=MIN_DAY)
+    assert {cid: s.profile for cid, s in states.items()} == truth
     await _assert_exact(store, events)
     await redis.aclose()
