@@ -139,7 +139,7 @@ class BatchHandler:
                 )
                 continue
             requests.append(_request(decoded, rec))
-            sources[decoded.event.customer_id] = (decoded.event.event_id, rec)
+            sources[decoded.customer_id] = (decoded.event_id, rec)
         stats.dead_lettered = len(dead)
         dead_sent = (
             asyncio.ensure_future(
@@ -226,7 +226,7 @@ class BatchHandler:
 
 def _request(decoded: DecodedEvent, rec: Record) -> ApplyRequest:
     return ApplyRequest(
-        customer_id=decoded.event.customer_id,
+        customer_id=decoded.customer_id,
         partition=rec.partition,
         offset=rec.offset,
         event_hash=decoded.event_hash,
