@@ -76,7 +76,11 @@ def create_app(
         # One reader of the changes topic per worker for every live-stream viewer; started
         # now (not on the first viewer) because it also counts changes for the dashboard.
         # It connects in the background: the API serves without Kafka.
-        hub = ChangeHub(settings, ChangeCounter(redis, keys, settings.kafka.changes_topic))
+        hub = ChangeHub(
+            settings,
+            ChangeCounter(redis, keys, settings.kafka.changes_topic),
+            on_kafka_error=app.state.metrics.kafka_error,
+        )
         app.state.hub = hub
         hub.start()
         app.state.redis = redis

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -213,9 +213,18 @@ class StreamUnavailable(Exception):
 class ChangeHub:
     """The fan-out hub of one API worker; see the module docstring."""
 
-    def __init__(self, settings: Settings, counter: ChangeCounter | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        counter: ChangeCounter | None,
+        *,
+        on_kafka_error: Callable[[str], None] | None = None,
+    ) -> None:
         self._settings = settings
         self._counter = counter
+        self._on_kafka_error = on_kafka_error
+        """Called with ``"change_stream"`` each time the reader fails (it reconnects), e.g.
+        :meth:`service.api.metrics.ApiMetrics.kafka_error`."""
         self._topic = settings.kafka.changes_topic
         self._ring: deque[Change] = deque()
         self._ring_size = settings.stream.ring_size
@@ -316,6 +325,8 @@ class ChangeHub:
                 raise
             except (KafkaError, OSError, RuntimeError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                if self._on_kafka_error is not None:
+                    self._on_kafka_error("change_stream")
                 log.warning(
                     "change hub failed, retrying",
                     extra={"error": self.last_error, "retry_s": delay},

@@ -16,6 +16,7 @@ import pytest
 
 from service.api.app import create_app
 from tests.support.api import api_settings, running
+from tests.support.kafka import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -39,6 +40,27 @@ async def test_latency_by_status_and_redis_errors_counted(redis_url: str) -> Non
     )
     healthz = 'method="GET",route="/healthz",status="200"'
     assert f"segments_api_request_duration_seconds_count{{{healthz}}} 1.0" in text
+
+
+async def test_change_stream_kafka_errors_counted(redis_url: str) -> None:
+    """Kafka unreachable: the change stream's reader fails and retries; each failure counts
+    in ``segments_kafka_errors_total{operation="change_stream"}``."""
+    settings = api_settings(redis_url)
+    settings.kafka.bootstrap = "127.0.0.1:9"  # nothing listens (whatever the environment says)
+    async with running(create_app(settings)) as client:
+
+        async def counted() -> bool:
+            text = (await client.get("/metrics")).text
+            return 'segments_kafka_errors_total{operation="change_stream"}' in text
+
+        await wait_for(counted, timeout_s=30, what="a change-stream Kafka error counted")
+        text = (await client.get("/metrics")).text
+    line = next(
+        ln
+        for ln in text.splitlines()
+        if ln.startswith('segments_kafka_errors_total{operation="change_stream"}')
+    )
+    assert float(line.rsplit(" ", 1)[1]) >= 1
 
 
 def _free_port() -> int:

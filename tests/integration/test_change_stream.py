@@ -16,8 +16,10 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer
 
 from schemas.stats import ChangeStats
+from service.api import changes_hub
 from service.api.app import create_app
 from service.kafka import ensure_topics
 from service.settings import Settings, StreamSettings
@@ -165,7 +167,17 @@ def workload(n: int, prefix: str = "c") -> list[tuple[str, bytes]]:
     return out
 
 
-async def test_fifty_viewers_receive_the_same_changes(redis_url: str, kafka_bootstrap: str) -> None:
+async def test_fifty_viewers_receive_the_same_changes(
+    redis_url: str, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created: list[AIOKafkaConsumer] = []
+
+    class CountedConsumer(AIOKafkaConsumer):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            created.append(self)
+
+    monkeypatch.setattr(changes_hub, "AIOKafkaConsumer", CountedConsumer)
     async with live_api(redis_url, kafka_bootstrap) as live:
         clients = [live.client() for _ in range(50)]
         try:
@@ -181,6 +193,8 @@ async def test_fifty_viewers_receive_the_same_changes(redis_url: str, kafka_boot
                     c["customer_id"] for c in first.changes
                 ]
                 assert got.ids == first.ids
+            # one Kafka reader (the worker's hub) served all 50 viewers
+            assert len(created) == 1, f"{len(created)} Kafka consumers for 50 viewers"
             # the hub counted every change once for the dashboard
             async with live.client() as client:
 

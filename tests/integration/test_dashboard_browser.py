@@ -8,7 +8,9 @@ its system executable. A screenshot is saved under ``tests/artifacts/`` (git-ign
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -101,8 +103,29 @@ async def _wait_for_data(url: str, key: str) -> None:
     raise AssertionError("no customer was classified within 2 minutes")
 
 
+def check_json_logs(log_dir: Path) -> None:
+    """Every line the consumer, API and demo wrote is one JSON object (ts, level, logger,
+    msg); a dead letter names its record as ``topic[partition]@offset``."""
+    seen = set()
+    for log_file in sorted(log_dir.glob("*.log")):
+        text = log_file.read_text(errors="replace")
+        lines = text.splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):
+            lines.pop()  # still being written
+        assert lines, f"{log_file.name} is empty"
+        for line in lines:
+            entry = json.loads(line)
+            assert isinstance(entry, dict), line
+            assert {"ts", "level", "logger", "msg"} <= set(entry), line
+            if entry["msg"] == "dead letter":
+                assert re.fullmatch(r"b\w+\.events\[\d+\]@\d+", entry["at"]), line
+            seen.add((log_file.stem, entry["msg"]))
+    assert ("consumer", "partitions assigned") in seen
+    assert ("api", "change hub reading") in seen
+
+
 async def test_dashboard_in_headless_chromium(
-    running_system: tuple[str, str], broker_kind: str
+    running_system: tuple[str, str], broker_kind: str, tmp_path: Path
 ) -> None:
     url, key = running_system
     await _wait_for_data(url, key)
@@ -151,3 +174,4 @@ async def test_dashboard_in_headless_chromium(
         finally:
             await browser.close()
     assert errors == [], errors
+    check_json_logs(tmp_path)

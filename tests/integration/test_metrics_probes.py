@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from consumers.metrics import NONE_SEGMENT, ConsumerMetrics
 from consumers.runner import ConsumerApp
+from consumers.sweeper import run_sweeper
 from service.kafka import client_options, ensure_topics
 from service.probes import (
     ProbesServer,
@@ -223,6 +224,81 @@ async def test_probes_server_health_readiness_metrics(redis_url: str) -> None:
     # Port 0 in the settings: no server at all.
     async with serve_probes(ProbesSettings(port=0), checks={}, registry=None) as nothing:
         assert nothing is None
+
+
+async def test_consumer_and_sweeper_serve_their_probes(make_settings) -> None:  # type: ignore[no-untyped-def]
+    """The real consumer (as ``segments consume`` runs it) and a standalone sweeper (as
+    ``segments sweep`` runs it), each on its own probes port: alive, ready with the role's
+    checks, their registry as /metrics; the port is closed once the role stops."""
+    settings = make_settings()
+    k = settings.kafka
+    await ensure_topics(k, partitions=2)
+    events = [purchase(f"p-{i}", f"e-{i}", NOW - timedelta(days=i), "20.00") for i in range(10)]
+    ends = await produce(
+        k, k.events_topic, [(e["customer_id"].encode(), encode(e)) for e in events]
+    )
+    consumer_port, sweeper_port = free_port(), free_port()
+
+    def on_port(port: int) -> Settings:
+        probes = ProbesSettings(port=port, host="127.0.0.1", check_timeout_s=2)
+        updated: Settings = settings.model_copy(update={"probes": probes})
+        return updated
+
+    app = ConsumerApp(on_port(consumer_port), rules=RULES, clock=lambda: NOW)
+    consumer = asyncio.create_task(app.run())
+    sweeping = asyncio.Event()
+    sweeper = asyncio.create_task(
+        run_sweeper(on_port(sweeper_port), stopping=sweeping, clock=lambda: NOW)
+    )
+    consumer_checks = {"redis": True, "kafka": True, "assigned": True}
+    sweeper_checks = {"redis": True, "kafka": True}
+    try:
+        async with httpx.AsyncClient(timeout=5) as client:
+
+            async def ready(port: int, checks: dict[str, bool]) -> bool:
+                for task in (consumer, sweeper):
+                    if task.done():
+                        task.result()  # a crashed role fails the test here
+                try:
+                    r = await client.get(f"http://127.0.0.1:{port}/readyz")
+                except httpx.TransportError:
+                    return False
+                return r.status_code == 200 and r.json() == {"status": "ready", "checks": checks}
+
+            await wait_for(
+                lambda: ready(consumer_port, consumer_checks), timeout_s=60, what="consumer ready"
+            )
+            await wait_for(
+                lambda: ready(sweeper_port, sweeper_checks), timeout_s=60, what="sweeper ready"
+            )
+
+            async def consumed_all() -> bool:
+                got = await committed(k, k.group_id, k.events_topic, list(ends))
+                return all(got[p] >= end for p, end in ends.items())
+
+            await wait_for(consumed_all, timeout_s=60, what="every record committed")
+            for port in (consumer_port, sweeper_port):
+                r = await client.get(f"http://127.0.0.1:{port}/healthz")
+                assert (r.status_code, r.json()) == (200, {"status": "ok"})
+            r = await client.get(f"http://127.0.0.1:{consumer_port}/metrics")
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+            assert "segments_events_consumed_total 10.0" in r.text
+            assert "segments_events_applied_total 10.0" in r.text
+            assert "segments_consumer_assigned_partitions 2.0" in r.text
+            assert f'segments_rules_info{{version="{RULES.version}"}} 1.0' in r.text
+            r = await client.get(f"http://127.0.0.1:{sweeper_port}/metrics")
+            assert r.status_code == 200
+            assert "# TYPE segments_sweeper_lag_seconds histogram" in r.text
+            assert 'segments_rules_info{version="' in r.text
+            assert "segments_events_consumed_total 0.0" in r.text  # its own registry
+    finally:
+        app.request_stop()
+        sweeping.set()
+        await asyncio.wait_for(asyncio.gather(consumer, sweeper), 30)
+    async with httpx.AsyncClient(timeout=2) as client:
+        for port in (consumer_port, sweeper_port):
+            with pytest.raises(httpx.TransportError):
+                await client.get(f"http://127.0.0.1:{port}/healthz")
 
 
 async def test_probe_check_that_hangs_is_bounded() -> None:
