@@ -289,6 +289,11 @@ class Sweeper:
                 except (KafkaError, WriteConflict, *TRANSIENT_REDIS_ERRORS) as exc:
                     # Nothing was removed that was not written: the next pass redoes the rest.
                     self.stats.failures += 1
+                    if self._metrics is not None:
+                        if isinstance(exc, KafkaError):
+                            self._metrics.kafka_error("sweep")
+                        elif not isinstance(exc, WriteConflict):
+                            self._metrics.redis_error("sweep")
                     log.warning("sweep pass failed, retrying", extra={"error": repr(exc)})
                 pause = max(0.0, interval - (time.monotonic() - started))
                 with contextlib.suppress(TimeoutError):
