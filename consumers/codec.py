@@ -18,42 +18,33 @@ Checks run cheapest first, and a valid record is looked at once:
 
 Only a record that failed step 2 is parsed a second time, to name its reason precisely.
 
-The fast path. Steps 2-4 cost ~10 us a record, most of it pydantic building models and
-``Decimal`` objects. Before them, :func:`_decode_fast` tries the common spelling of a valid
-event: msgspec decodes and type-checks the JSON in C into plain structs (money, ids and the
-timestamp stay text), a few compiled checks accept the canonical forms only (ids of the safe
-alphabet, printable labels, money as plain digits with at most 4 places and no leading zero,
-an RFC 3339 timestamp with at most 6 fractional digits), and step 4 runs on that. The fast path
-accepts a subset of what pydantic accepts, with the same result (a differential test holds
-the two together on every fuzzed record); anything it does not accept, valid or not, takes
-steps 2-4 above, so every dead letter and its reason come from the one slow path.
+Before steps 2-4, the fast path (:mod:`consumers.codec_fast`) tries the common spelling of a
+valid event without pydantic: it accepts a subset of what steps 2-4 accept, with the same
+result, and anything it does not accept, valid or not, takes steps 2-4, so every dead letter
+and its reason come from one place.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal, Inexact, InvalidOperation, Overflow
 from enum import StrEnum
 from hashlib import blake2b
-from typing import ClassVar, Final, Literal, NamedTuple
+from typing import Final, NamedTuple
 
-import msgspec
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails, from_json
 
+from consumers.codec_fast import FastDecoder
 from schemas.events import (
     EVENT_ADAPTER,
     MONEY_DECIMAL_PLACES,
-    EngagementAction,
     EngagementEvent,
     Event,
-    LineItem,
     PurchaseEvent,
     RefundEvent,
-    Tier,
 )
 from service.segmentation.profile import MONEY_SCALE, MS_PER_DAY, EventDelta, Totals
 from service.settings import ValidationSettings
@@ -112,124 +103,6 @@ class DeadLetter:
     """Human-readable; names the field (``items[2].unit_price: ...``)."""
 
 
-class _FastItem(msgspec.Struct, forbid_unknown_fields=True):
-    """:class:`schemas.events.LineItem` as the fast path reads it (text checked afterwards)."""
-
-    sku: str
-    category: str
-    quantity: int
-    unit_price: str
-    tier: Tier = "standard"
-
-
-class _FastPurchase(msgspec.Struct, tag_field="type", tag="purchase", forbid_unknown_fields=True):
-    type: ClassVar[Literal["purchase"]] = "purchase"
-    schema_version: Literal[1]
-    event_id: str
-    customer_id: str
-    occurred_at: str
-    order_id: str
-    amount: str
-    currency: str | None = None
-    margin: str | None = None
-    discount: str = "0"
-    channel: str | None = None
-    region: str | None = None
-    items: tuple[_FastItem, ...] = ()
-
-
-class _FastRefund(msgspec.Struct, tag_field="type", tag="refund", forbid_unknown_fields=True):
-    type: ClassVar[Literal["refund"]] = "refund"
-    schema_version: Literal[1]
-    event_id: str
-    customer_id: str
-    occurred_at: str
-    order_id: str
-    amount: str
-    currency: str | None = None
-    margin: str | None = None
-
-
-class _FastEngagement(
-    msgspec.Struct, tag_field="type", tag="engagement", forbid_unknown_fields=True
-):
-    type: ClassVar[Literal["engagement"]] = "engagement"
-    schema_version: Literal[1]
-    event_id: str
-    customer_id: str
-    occurred_at: str
-    action: EngagementAction
-    region: str | None = None
-
-
-_FastEvent = _FastPurchase | _FastRefund | _FastEngagement
-_decode_fast_json: Final[Callable[[bytes], _FastEvent]] = msgspec.json.Decoder(_FastEvent).decode
-
-_FAST_ID: Final = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
-""":data:`schemas.events.ID_PATTERN` (``fullmatch``: no ``$``, which also matches before a
-final newline)."""
-_FAST_MONEY: Final = re.compile(r"(?:0|[1-9][0-9]{0,14})(?:\.[0-9]{1,4})?")
-"""The canonical spelling of a non-negative amount: what ``str(Decimal(text))`` gives back."""
-_FAST_SIGNED_MONEY: Final = re.compile(r"-?(?:0|[1-9][0-9]{0,14})(?:\.[0-9]{1,4})?")
-_FAST_TIMESTAMP: Final = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?(?:Z|[+-][0-9]{2}:[0-9]{2})"
-)
-"""RFC 3339 as producers write it; ``datetime.fromisoformat`` then checks the ranges."""
-_MAX_LABEL: Final = 64
-_MAX_SKU: Final = 128
-
-
-def _label_ok(text: str | None, longest: int = _MAX_LABEL) -> bool:
-    """Within :data:`schemas.events.Label`: printable text has no control character."""
-    return text is None or (0 < len(text) <= longest and text.isprintable())
-
-
-def _fast_occurred_at(text: str) -> datetime | None:
-    if _FAST_TIMESTAMP.fullmatch(text) is None:
-        return None
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:  # out of range: a day 31 in a 30-day month, hour 24, ...
-        return None
-
-
-def _fast_checks(event: _FastEvent) -> bool:
-    """The text of a fast-decoded event is in its canonical, valid form (else: slow path)."""
-    id_ok = _FAST_ID.fullmatch
-    if id_ok(event.event_id) is None or id_ok(event.customer_id) is None:
-        return False
-    if isinstance(event, _FastEngagement):
-        return _label_ok(event.region)
-    if id_ok(event.order_id) is None or _FAST_MONEY.fullmatch(event.amount) is None:
-        return False
-    currency = event.currency
-    if currency is not None and not (
-        len(currency) == 3 and currency.isascii() and currency.isalpha() and currency.isupper()
-    ):
-        return False
-    if isinstance(event, _FastRefund):
-        # the amount must be > 0 (PositiveMoney): "0", "0.00" take the slow path
-        return event.amount.strip("0.") != "" and (
-            event.margin is None or _FAST_MONEY.fullmatch(event.margin) is not None
-        )
-    if (event.margin is not None and _FAST_SIGNED_MONEY.fullmatch(event.margin) is None) or (
-        _FAST_MONEY.fullmatch(event.discount) is None
-    ):
-        return False
-    if not (_label_ok(event.channel) and _label_ok(event.region)):
-        return False
-    money_ok = _FAST_MONEY.fullmatch
-    for item in event.items:
-        if not (
-            1 <= item.quantity <= 10_000
-            and money_ok(item.unit_price) is not None
-            and _label_ok(item.sku, _MAX_SKU)
-            and _label_ok(item.category)
-        ):
-            return False
-    return True
-
-
 _validate_event: Final[Callable[[bytes], Event]] = EVENT_ADAPTER.validator.validate_json
 """``EVENT_ADAPTER.validate_json`` without the adapter's per-call keyword handling (~0.5 us)."""
 
@@ -285,6 +158,7 @@ class EventCodec:
 
     __slots__ = (
         "_base_currency",
+        "_fast",
         "_horizon_ms",
         "_last_now",
         "_max_amount",
@@ -322,6 +196,12 @@ class EventCodec:
         self._rates = rates
         self._last_now: datetime | None = None
         self._horizon_ms = 0
+        self._fast = FastDecoder(
+            max_items=self._max_items,
+            max_units=self._max_units,
+            base_currency=self._base_currency,
+            rates={code: (r.numerator, r.denominator) for code, r in rates.items()},
+        )
 
     def decode(
         self, key: bytes | None, value: bytes | None, *, now: datetime
@@ -368,27 +248,17 @@ class EventCodec:
 
     def _decode_fast(self, key: bytes | None, value: bytes, now: datetime) -> DecodedEvent | None:
         """The event when ``value`` is a valid event in the common spelling; ``None`` (take
-        the slow path) for anything else, valid or not. See the module docstring."""
-        try:
-            event = _decode_fast_json(value)
-        except msgspec.DecodeError:  # also msgspec.ValidationError
+        the slow path) for anything else, valid or not (:mod:`consumers.codec_fast`)."""
+        horizon_ms = self._horizon_ms if now is self._last_now else self._horizon(now)
+        fast = self._fast.decode(key, value, horizon_ms)
+        if fast is None:
             return None
-        customer_id = event.customer_id
-        if key is None or key != customer_id.encode() or not _fast_checks(event):
-            return None
-        occurred_at = _fast_occurred_at(event.occurred_at)
-        if occurred_at is None:
-            return None
-        try:
-            delta = self._delta(event, occurred_at, now)
-        except _Rejected:
-            return None  # the slow path names the reason
-        event_id = event.event_id
+        customer_id, event_id, delta = fast
         return DecodedEvent(
             customer_id, event_id, delta, blake2b(event_id.encode(), digest_size=8).digest()
         )
 
-    def _delta(self, event: Event | _FastEvent, occurred_at: datetime, now: datetime) -> EventDelta:
+    def _delta(self, event: Event, occurred_at: datetime, now: datetime) -> EventDelta:
         # timedelta is normalised (0 <= seconds < 86400, 0 <= microseconds < 10**6), so its
         # days are the floored UTC epoch day and the sum below is floored milliseconds
         since_epoch = occurred_at - _EPOCH
@@ -404,9 +274,9 @@ class EventCodec:
                 f"occurred_at: {occurred_at.isoformat()} is more than "
                 f"{self._skew_ms // 1000}s after now ({now.isoformat()})",
             )
-        if isinstance(event, PurchaseEvent | _FastPurchase):
+        if isinstance(event, PurchaseEvent):
             totals = self._purchase(event)
-        elif isinstance(event, RefundEvent | _FastRefund):
+        elif isinstance(event, RefundEvent):
             totals = self._refund(event)
         else:
             totals = _engagement(event)
@@ -424,8 +294,8 @@ class EventCodec:
             self._last_now = now
         return self._horizon_ms
 
-    def _purchase(self, purchase: PurchaseEvent | _FastPurchase) -> Totals:
-        items: Sequence[LineItem | _FastItem] = purchase.items
+    def _purchase(self, purchase: PurchaseEvent) -> Totals:
+        items = purchase.items
         if len(items) > self._max_items:
             raise _Rejected(
                 Reason.TOO_MANY_ITEMS,
@@ -452,7 +322,7 @@ class EventCodec:
             premium_spend=premium if premium < spend else spend,
         )
 
-    def _refund(self, refund: RefundEvent | _FastRefund) -> Totals:
+    def _refund(self, refund: RefundEvent) -> Totals:
         rate = self._rate(refund.currency)
         refunded = _to_base(self._money(refund.amount, rate, "amount"), rate)
         margin = (
@@ -476,7 +346,7 @@ class EventCodec:
             )
         return rate
 
-    def _money(self, value: Decimal | str, rate: _Rate | None, field: str, index: int = -1) -> int:
+    def _money(self, value: Decimal, rate: _Rate | None, field: str, index: int = -1) -> int:
         """Checks one money field (exact places, size in the base currency) and returns it in
         money units of the event's currency.
 
@@ -484,16 +354,15 @@ class EventCodec:
         fast path. The common amount ("59.90", "-3.25", "100") is read from its text, which
         :class:`Decimal` spells without an exponent and with every digit it holds; anything
         else takes :meth:`_money_exact`, with which this agrees on every value (a property
-        test holds them to it). A text ``value`` comes from the fast path, which passes only
-        the canonical spelling (``str(Decimal(value)) == value``).
+        test holds them to it).
         """
         whole, _, places = str(value).partition(".")
         if len(whole) > _PLAIN_INTEGER_DIGITS or len(places) > MONEY_DECIMAL_PLACES:
-            return self._money_exact(Decimal(value), rate, field, index)
+            return self._money_exact(value, rate, field, index)
         try:
             units = int(whole + places) * _UNITS_PER_PLACES[len(places)]
         except ValueError:  # spelled with an exponent ("1E+2", "1.5E+3")
-            return self._money_exact(Decimal(value), rate, field, index)
+            return self._money_exact(value, rate, field, index)
         if rate is None:
             base, limit = units, self._max_units
         else:
@@ -527,13 +396,11 @@ class EventCodec:
             raise self._too_large(value, rate, field, index)
         return units
 
-    def _too_large(
-        self, value: Decimal | str, rate: _Rate | None, field: str, index: int
-    ) -> _Rejected:
+    def _too_large(self, value: Decimal, rate: _Rate | None, field: str, index: int) -> _Rejected:
         converted = (
             ""
             if rate is None
-            else f" (= {_WIDE.multiply(Decimal(value), rate.value)} {self._base_currency})"
+            else f" (= {_WIDE.multiply(value, rate.value)} {self._base_currency})"
         )
         return _Rejected(
             Reason.AMOUNT_TOO_LARGE,
@@ -564,7 +431,7 @@ def _field(name: str, index: int) -> str:
     return name if index < 0 else f"items[{index}].{name}"
 
 
-def _engagement(engagement: EngagementEvent | _FastEngagement) -> Totals:
+def _engagement(engagement: EngagementEvent) -> Totals:
     return _SUPPORT_CONTACT if engagement.action == "support_contact" else _ENGAGED
 
 

@@ -10,6 +10,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -111,3 +112,91 @@ def test_every_mutator_yields_dead_letters_and_some_survivors() -> None:
     assert len(reasons) >= 10, reasons
     assert accepted > 0
     assert fast > 0  # mutated records that stay valid are fuzzed on the fast path too
+
+
+# --- the fast path against the pydantic path on generated valid-looking events ---------------
+
+RATED = EventCodec(ValidationSettings(currency_rates={"USD": "0.92", "JPY": "0.0061", "XAU": "2"}))
+_MONEY_TEXT = st.one_of(
+    st.decimals(min_value=0, max_value=2_000_000, places=4).map(str),
+    st.decimals(min_value=0, max_value=1000, places=2).map(str),
+    st.integers(min_value=0, max_value=10**7).map(str),
+    st.sampled_from(["0", "0.0", "00.5", "1e3", "5.", "0.00001", "999999.9999"]),
+)
+_SIGNED_TEXT = st.one_of(_MONEY_TEXT, _MONEY_TEXT.map(lambda t: "-" + t))
+
+
+@st.composite
+def _valid_looking(draw: st.DrawFn) -> dict[str, Any]:
+    kind = draw(st.sampled_from(["purchase", "refund", "engagement"]))
+    at = NOW - timedelta(seconds=draw(st.integers(min_value=-400, max_value=400 * 86_400)))
+    offset = draw(st.sampled_from(["Z", "+01:00", "-05:30", "+00:00"]))
+    stamp = at.strftime("%Y-%m-%dT%H:%M:%S")
+    if draw(st.booleans()):
+        stamp += (
+            "."
+            + str(draw(st.integers(min_value=0, max_value=999_999))).zfill(
+                draw(st.integers(min_value=1, max_value=7))
+            )[:7]
+        )
+    event: dict[str, Any] = {
+        "schema_version": 1,
+        "type": kind,
+        "event_id": draw(st.from_regex(r"[A-Za-z0-9._:@-]{1,20}", fullmatch=True)),
+        "customer_id": "c-1",
+        "occurred_at": stamp + offset,
+    }
+    currency = draw(st.sampled_from([None, "EUR", "USD", "JPY", "XAU", "GBP", "usd"]))
+    if kind == "engagement":
+        event["action"] = draw(st.sampled_from(["viewed", "support_contact", "signed_up"]))
+    else:
+        event["order_id"] = "o-1"
+        event["amount"] = draw(_MONEY_TEXT)
+        if currency is not None:
+            event["currency"] = currency
+        if draw(st.booleans()):
+            event["margin"] = draw(_SIGNED_TEXT if kind == "purchase" else _MONEY_TEXT)
+    if kind == "purchase":
+        if draw(st.booleans()):
+            event["discount"] = draw(_MONEY_TEXT)
+        event["items"] = [
+            {
+                "sku": draw(st.sampled_from(["sku-1", "s" * 128, "ß-ü"])),
+                "category": draw(st.sampled_from(["home", "x" * 64, "x" * 65])),
+                "quantity": draw(st.integers(min_value=0, max_value=10_001)),
+                "unit_price": draw(_MONEY_TEXT),
+                "tier": draw(st.sampled_from(["standard", "premium", "budget"])),
+            }
+            for _ in range(draw(st.integers(min_value=0, max_value=3)))
+        ]
+    return event
+
+
+@settings(max_examples=1_500, deadline=None)
+@given(_valid_looking())
+def test_fast_path_equals_the_pydantic_path(event: dict[str, Any]) -> None:
+    value = orjson.dumps(event)
+    slow = RATED._decode_slow(b"c-1", value, NOW)
+    fast = RATED._decode_fast(b"c-1", value, NOW)
+    if fast is not None:
+        assert fast == slow
+    assert RATED.decode(b"c-1", value, now=NOW) == slow
+
+
+def test_valid_events_take_the_fast_path() -> None:
+    """Valid events in the common spelling are decoded by the fast path (else the properties
+    above would compare nothing, and the consumer would run at the slow path's speed)."""
+    fast = valid = 0
+    for seed in range(400):
+        rng = random.Random(seed)
+        base = dict(BASES[seed % 3])
+        base["event_id"] = f"e-{seed}"
+        if "amount" in base:
+            base["amount"] = f"{rng.randrange(1, 10**6)}.{rng.randrange(100):02d}"
+        value = orjson.dumps(base)
+        key = base["customer_id"].encode()
+        result = RATED.decode(key, value, now=NOW)
+        valid += isinstance(result, DecodedEvent)
+        fast += RATED._decode_fast(key, value, NOW) is not None
+    assert valid == 400
+    assert fast == 400
