@@ -27,10 +27,12 @@ _N_TOTALS = 9
 
 
 def encode_totals(totals: Totals) -> str:
-    text = ",".join(map(str, totals))
-    while text.endswith(",0"):  # trailing zeros dropped
-        text = text[:-2]
-    return text
+    n = _N_TOTALS
+    while not totals[n - 1]:  # trailing zeros dropped
+        n -= 1
+        if n == 1:
+            break
+    return ",".join(map(str, totals[:n]))
 
 
 _PAD = [[0] * n for n in range(_N_TOTALS + 1)]
