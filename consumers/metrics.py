@@ -227,13 +227,15 @@ class ConsumerMetrics:
         self._change_children: dict[tuple[str, str, str], Counter] = {}
         self.sweeper_lag = BulkHistogram(
             "segments_sweeper_lag_seconds",
-            "Per customer re-classified by the sweeper: how long its next_review_at had passed.",
+            "Per change event the sweeper produced (cause time): from the customer's "
+            "next_review_at to the change acknowledged by Kafka.",
             SWEEPER_LAG_BUCKETS,
             r,
         )
         self.swept = Counter(
             "segments_sweeper_customers",
-            "Customers re-classified by the sweeper because their next_review_at passed.",
+            "Customers whose segmentation the sweeper changed because their next_review_at "
+            "passed (one change event each).",
             registry=r,
         )
         self.rules_info = Gauge(
@@ -342,7 +344,7 @@ class ConsumerMetrics:
     # --- sweeper ------------------------------------------------------------------------
 
     def observe_sweep(self, lag_s: Sequence[float]) -> None:
-        """One sweeper pass: for each customer re-classified, ``now - next_review_at``."""
+        """One sweeper batch: for each change it produced, ``acknowledged - next_review_at``."""
         self.sweeper_lag.observe_many(lag_s)
         if lag_s:
             self.swept.inc(len(lag_s))
