@@ -40,12 +40,17 @@ class _Item(msgspec.Struct, forbid_unknown_fields=True):
     tier: Tier = "standard"
 
 
-class _Purchase(msgspec.Struct, tag_field="type", tag="purchase", forbid_unknown_fields=True):
-    type: ClassVar[Literal["purchase"]] = "purchase"
+class _Event(msgspec.Struct, tag_field="type", forbid_unknown_fields=True):
+    """The fields every event has (:class:`schemas.events._EventBase`)."""
+
     schema_version: Literal[1]
     event_id: str
     customer_id: str
     occurred_at: str
+
+
+class _Purchase(_Event, tag="purchase"):
+    type: ClassVar[Literal["purchase"]] = "purchase"
     order_id: str
     amount: str
     currency: str | None = None
@@ -56,24 +61,16 @@ class _Purchase(msgspec.Struct, tag_field="type", tag="purchase", forbid_unknown
     items: tuple[_Item, ...] = ()
 
 
-class _Refund(msgspec.Struct, tag_field="type", tag="refund", forbid_unknown_fields=True):
+class _Refund(_Event, tag="refund"):
     type: ClassVar[Literal["refund"]] = "refund"
-    schema_version: Literal[1]
-    event_id: str
-    customer_id: str
-    occurred_at: str
     order_id: str
     amount: str
     currency: str | None = None
     margin: str | None = None
 
 
-class _Engagement(msgspec.Struct, tag_field="type", tag="engagement", forbid_unknown_fields=True):
+class _Engagement(_Event, tag="engagement"):
     type: ClassVar[Literal["engagement"]] = "engagement"
-    schema_version: Literal[1]
-    event_id: str
-    customer_id: str
-    occurred_at: str
     action: EngagementAction
     region: str | None = None
 

@@ -23,7 +23,7 @@ import pytest
 from playwright.async_api import ConsoleMessage, async_playwright
 
 from tests.support.api import api_key
-from tests.support.live import free_port
+from tests.support.live import free_port, stop_processes
 
 pytestmark = pytest.mark.integration
 
@@ -71,20 +71,11 @@ def running_system(
             )
         yield f"http://127.0.0.1:{port}", read_key
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        for log in logs:
-            log.close()
-        for log_file in tmp_path.glob("*.log"):
-            print(
-                f"--- {log_file.name} (tail)\n"
-                + "\n".join(log_file.read_text(errors="replace").splitlines()[-15:])
-            )
+        try:
+            stop_processes(procs, tmp_path)
+        finally:
+            for log in logs:
+                log.close()
 
 
 async def _wait_for_data(url: str, key: str) -> None:

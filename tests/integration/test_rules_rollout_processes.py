@@ -28,7 +28,7 @@ from service.settings import KafkaSettings
 from tests.support.api import api_key
 from tests.support.events import encode, purchase
 from tests.support.kafka import produce, read_topic
-from tests.support.live import free_port
+from tests.support.live import free_port, stop_processes
 
 pytestmark = pytest.mark.integration
 
@@ -58,6 +58,7 @@ def system(kafka_bootstrap: str, redis_url: str, tmp_path: Path) -> Iterator[dic
     )
     cli = [sys.executable, "-m", "service.cli"]
     procs: list[subprocess.Popen[bytes]] = []
+    logs = []
     try:
         for role, args in (
             ("api", ["api", "--port", str(ports["api"])]),
@@ -65,6 +66,7 @@ def system(kafka_bootstrap: str, redis_url: str, tmp_path: Path) -> Iterator[dic
             ("sweep", ["sweep"]),
         ):
             log = (tmp_path / f"{role}.log").open("wb")
+            logs.append(log)
             procs.append(
                 subprocess.Popen(
                     [*cli, *args],
@@ -76,16 +78,11 @@ def system(kafka_bootstrap: str, redis_url: str, tmp_path: Path) -> Iterator[dic
             )
         yield {"env": env, "ports": ports, "admin_key": admin_key, "procs": procs}
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        for log_file in sorted(tmp_path.glob("*.log")):
-            print(f"--- {log_file.name} (tail)")
-            print("\n".join(log_file.read_text(errors="replace").splitlines()[-10:]))
+        try:
+            stop_processes(procs, tmp_path)
+        finally:
+            for log in logs:
+                log.close()
 
 
 async def _versions(client: httpx.AsyncClient, ports: dict[str, int], key: str) -> dict[str, str]:

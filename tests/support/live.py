@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
@@ -43,3 +45,18 @@ async def serve(app: FastAPI) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 30)
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]], log_dir: Path, *, tail: int = 15) -> None:
+    """SIGTERM every process (they drain), SIGKILL what is still running after 20 s, then
+    print the tail of each ``*.log`` in ``log_dir`` (shown when the test fails)."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    for log_file in sorted(log_dir.glob("*.log")):
+        lines = log_file.read_text(errors="replace").splitlines()[-tail:]
+        print(f"--- {log_file.name} (tail)\n" + "\n".join(lines))
