@@ -236,7 +236,7 @@ class EventCodec:
                 _clip(f"key: {bytes(key[:140])!r} is not customer_id {event.customer_id!r}"),
             )
         try:
-            delta = self._delta(event, event.occurred_at, now)
+            delta = self._delta(event, now)
         except _Rejected as rejected:
             return DeadLetter(rejected.reason, _clip(rejected.detail))
         return DecodedEvent(
@@ -258,10 +258,10 @@ class EventCodec:
             customer_id, event_id, delta, blake2b(event_id.encode(), digest_size=8).digest()
         )
 
-    def _delta(self, event: Event, occurred_at: datetime, now: datetime) -> EventDelta:
+    def _delta(self, event: Event, now: datetime) -> EventDelta:
         # timedelta is normalised (0 <= seconds < 86400, 0 <= microseconds < 10**6), so its
         # days are the floored UTC epoch day and the sum below is floored milliseconds
-        since_epoch = occurred_at - _EPOCH
+        since_epoch = event.occurred_at - _EPOCH
         occurred_ms = (
             since_epoch.days * MS_PER_DAY
             + since_epoch.seconds * _MS_PER_SECOND
@@ -271,7 +271,7 @@ class EventCodec:
         if occurred_ms > horizon_ms:
             raise _Rejected(
                 Reason.TIMESTAMP_IN_FUTURE,
-                f"occurred_at: {occurred_at.isoformat()} is more than "
+                f"occurred_at: {event.occurred_at.isoformat()} is more than "
                 f"{self._skew_ms // 1000}s after now ({now.isoformat()})",
             )
         if isinstance(event, PurchaseEvent):
@@ -305,7 +305,9 @@ class EventCodec:
         money = self._money
         spend = money(purchase.amount, rate, "amount")
         margin = 0 if purchase.margin is None else money(purchase.margin, rate, "margin")
-        discounted = money(purchase.discount, rate, "discount") > 0
+        discounted = purchase.discount > 0
+        if discounted:
+            money(purchase.discount, rate, "discount")
         premium = 0
         for index, item in enumerate(items):
             unit_price = money(item.unit_price, rate, "unit_price", index)
