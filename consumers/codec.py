@@ -37,7 +37,7 @@ from typing import Final, NamedTuple
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails, from_json
 
-from consumers.codec_fast import FastDecoder
+from consumers.codec_fast import UNITS_PER_PLACES, FastDecoder, engagement_totals, to_base
 from schemas.events import (
     EVENT_ADAPTER,
     MONEY_DECIMAL_PLACES,
@@ -121,15 +121,8 @@ _WIDE: Final = Context(Emax=MAX_EMAX, Emin=MIN_EMIN)
 _PLAIN_INTEGER_DIGITS: Final = 15
 """Longest integer part (with its sign) the fast money path parses: anything this short is
 cheap to turn into an int, and the bound check after it refuses what is too large."""
-_UNITS_PER_PLACES: Final[tuple[int, ...]] = tuple(
-    10 ** (MONEY_DECIMAL_PLACES - places) for places in range(MONEY_DECIMAL_PLACES + 1)
-)
-"""``_UNITS_PER_PLACES[n]``: money units in one step of the n-th decimal place."""
 _DETAIL_LIMIT: Final = 300
 """Characters of ``detail`` kept (it travels in a Kafka header)."""
-
-_ENGAGED: Final = Totals(engagements=1)
-_SUPPORT_CONTACT: Final = Totals(engagements=1, support_contacts=1)
 
 
 class _Rate(NamedTuple):
@@ -362,7 +355,7 @@ class EventCodec:
         if len(whole) > _PLAIN_INTEGER_DIGITS or len(places) > MONEY_DECIMAL_PLACES:
             return self._money_exact(value, rate, field, index)
         try:
-            units = int(whole + places) * _UNITS_PER_PLACES[len(places)]
+            units = int(whole + places) * UNITS_PER_PLACES[len(places)]
         except ValueError:  # spelled with an exponent ("1E+2", "1.5E+3")
             return self._money_exact(value, rate, field, index)
         if rate is None:
@@ -413,13 +406,7 @@ class EventCodec:
 
 def _to_base(units: int, rate: _Rate | None) -> int:
     """Money units of the event's currency → base-currency units, rounded half to even."""
-    if rate is None:
-        return units
-    quotient, remainder = divmod(units * rate.numerator, rate.denominator)  # floor division
-    twice = 2 * remainder
-    if twice > rate.denominator or (twice == rate.denominator and quotient & 1):
-        quotient += 1
-    return quotient
+    return units if rate is None else to_base(units, rate.numerator, rate.denominator)
 
 
 def _too_many_decimals(value: Decimal, field: str, index: int) -> _Rejected:
@@ -434,7 +421,7 @@ def _field(name: str, index: int) -> str:
 
 
 def _engagement(engagement: EngagementEvent) -> Totals:
-    return _SUPPORT_CONTACT if engagement.action == "support_contact" else _ENGAGED
+    return engagement_totals(engagement.action)
 
 
 def dead_letter_headers(

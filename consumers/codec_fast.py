@@ -90,9 +90,10 @@ _TIMESTAMP: Final = re.compile(
 )
 """RFC 3339 as producers write it; ``datetime.fromisoformat`` then checks the ranges."""
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_UNITS_PER_PLACES: Final[tuple[int, ...]] = tuple(
+UNITS_PER_PLACES: Final[tuple[int, ...]] = tuple(
     10 ** (MONEY_DECIMAL_PLACES - places) for places in range(MONEY_DECIMAL_PLACES + 1)
 )
+"""``UNITS_PER_PLACES[n]``: money units in one step of the n-th decimal place (both paths)."""
 _MAX_LABEL: Final = 64
 _MAX_SKU: Final = 128
 _MAX_QUANTITY: Final = 10_000
@@ -100,6 +101,11 @@ _MEMO_SIZE: Final = 50_000
 """Money texts and labels remembered (each set is cleared when full)."""
 _ENGAGED: Final = Totals(engagements=1)
 _SUPPORT_CONTACT: Final = Totals(engagements=1, support_contacts=1)
+
+
+def engagement_totals(action: str) -> Totals:
+    """What an engagement event adds (both paths)."""
+    return _SUPPORT_CONTACT if action == "support_contact" else _ENGAGED
 
 
 class FastDecoder:
@@ -167,7 +173,7 @@ class FastDecoder:
         elif isinstance(event, _Refund):
             totals = self._refund(event)
         elif self._label(event.region):
-            totals = _SUPPORT_CONTACT if event.action == "support_contact" else _ENGAGED
+            totals = engagement_totals(event.action)
         else:
             return None
         if totals is None:
@@ -203,15 +209,15 @@ class FastDecoder:
                 or unit_price * numerator > limit
                 or not 1 <= quantity <= _MAX_QUANTITY
                 or not self._label(item.category)
-                or not (item.sku in self._skus or self._remember_sku(item.sku))
+                or not self._sku(item.sku)
             ):
                 return None
             if item.tier == "premium":
                 premium += quantity * unit_price
         if denominator != 1 or numerator != 1:
-            spend = _to_base(spend, rate)
-            margin = _to_base(margin, rate)
-            premium = _to_base(premium, rate)
+            spend = to_base(spend, numerator, denominator)
+            margin = to_base(margin, numerator, denominator)
+            premium = to_base(premium, numerator, denominator)
         return Totals(
             1,
             spend,
@@ -233,15 +239,16 @@ class FastDecoder:
         numerator, denominator = rate
         if max(refunded, margin) * numerator > self._max_units * denominator:
             return None
-        return Totals(0, 0, 1, _to_base(refunded, rate), -_to_base(margin, rate))
+        refunded = to_base(refunded, numerator, denominator)
+        return Totals(0, 0, 1, refunded, -to_base(margin, numerator, denominator))
 
     def _rate(self, currency: str | None) -> tuple[int, int] | None:
         """(numerator, denominator) to the base currency; ``None``: not for the fast path."""
         if currency is None:
             return (1, 1)
-        if not (len(currency) == 3 and currency.isascii() and currency.isalpha()):
-            return None
-        if not currency.isupper():
+        if not (
+            len(currency) == 3 and currency.isascii() and currency.isalpha() and currency.isupper()
+        ):
             return None
         return (1, 1) if currency == self._base_currency else self._rates.get(currency)
 
@@ -252,7 +259,7 @@ class FastDecoder:
             if _MONEY.fullmatch(text) is None:
                 return None
             whole, _, places = text.partition(".")
-            units = int(whole + places) * _UNITS_PER_PLACES[len(places)]
+            units = int(whole + places) * UNITS_PER_PLACES[len(places)]
             if len(self._units) >= _MEMO_SIZE:
                 self._units.clear()
             self._units[text] = units
@@ -266,28 +273,29 @@ class FastDecoder:
 
     def _label(self, text: str | None) -> bool:
         """Absent, or 1-64 printable characters (:data:`schemas.events.Label`)."""
-        if text is None or text in self._labels:
-            return True
-        if not (0 < len(text) <= _MAX_LABEL and text.isprintable()):
-            return False
-        if len(self._labels) >= _MEMO_SIZE:
-            self._labels.clear()
-        self._labels.add(text)
+        return text is None or _printable(text, self._labels, _MAX_LABEL)
+
+    def _sku(self, text: str) -> bool:
+        """1-128 printable characters (:data:`schemas.events.Sku`)."""
+        return _printable(text, self._skus, _MAX_SKU)
+
+
+def _printable(text: str, known: set[str], longest: int) -> bool:
+    """``text`` is 1-``longest`` printable characters (so no control character); the texts
+    that passed are remembered in ``known`` (cleared when full)."""
+    if text in known:
         return True
-
-    def _remember_sku(self, text: str) -> bool:
-        if not (0 < len(text) <= _MAX_SKU and text.isprintable()):
-            return False
-        if len(self._skus) >= _MEMO_SIZE:
-            self._skus.clear()
-        self._skus.add(text)
-        return True
+    if not (0 < len(text) <= longest and text.isprintable()):
+        return False
+    if len(known) >= _MEMO_SIZE:
+        known.clear()
+    known.add(text)
+    return True
 
 
-def _to_base(units: int, rate: tuple[int, int]) -> int:
-    """Money units of the event's currency → base-currency units, rounded half to even (as
-    :func:`consumers.codec._to_base`)."""
-    numerator, denominator = rate
+def to_base(units: int, numerator: int, denominator: int) -> int:
+    """Money units of the event's currency → base-currency units at the rate
+    ``numerator / denominator`` (> 0), rounded half to even (both paths)."""
     if denominator == 1:
         return units * numerator
     quotient, remainder = divmod(units * numerator, denominator)  # floor division
