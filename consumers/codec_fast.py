@@ -49,24 +49,25 @@ class _Event(msgspec.Struct, tag_field="type", forbid_unknown_fields=True):
     occurred_at: str
 
 
-class _Purchase(_Event, tag="purchase"):
-    type: ClassVar[Literal["purchase"]] = "purchase"
+class _Order(_Event):
+    """The fields of purchases and refunds (no tag: not an event of its own)."""
+
     order_id: str
     amount: str
     currency: str | None = None
     margin: str | None = None
+
+
+class _Purchase(_Order, tag="purchase"):
+    type: ClassVar[Literal["purchase"]] = "purchase"
     discount: str = "0"
     channel: str | None = None
     region: str | None = None
     items: tuple[_Item, ...] = ()
 
 
-class _Refund(_Event, tag="refund"):
+class _Refund(_Order, tag="refund"):
     type: ClassVar[Literal["refund"]] = "refund"
-    order_id: str
-    amount: str
-    currency: str | None = None
-    margin: str | None = None
 
 
 class _Engagement(_Event, tag="engagement"):

@@ -71,11 +71,7 @@ def running_system(
             )
         yield f"http://127.0.0.1:{port}", read_key
     finally:
-        try:
-            stop_processes(procs, tmp_path)
-        finally:
-            for log in logs:
-                log.close()
+        stop_processes(procs, tmp_path, logs)
 
 
 async def _wait_for_data(url: str, key: str) -> None:

@@ -78,11 +78,7 @@ def system(kafka_bootstrap: str, redis_url: str, tmp_path: Path) -> Iterator[dic
             )
         yield {"env": env, "ports": ports, "admin_key": admin_key, "procs": procs}
     finally:
-        try:
-            stop_processes(procs, tmp_path)
-        finally:
-            for log in logs:
-                log.close()
+        stop_processes(procs, tmp_path, logs)
 
 
 async def _versions(client: httpx.AsyncClient, ports: dict[str, int], key: str) -> dict[str, str]:

@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import IO
 
 import uvicorn
 from fastapi import FastAPI
@@ -47,16 +48,23 @@ async def serve(app: FastAPI) -> AsyncIterator[str]:
         await asyncio.wait_for(task, 30)
 
 
-def stop_processes(procs: list[subprocess.Popen[bytes]], log_dir: Path, *, tail: int = 15) -> None:
-    """SIGTERM every process (they drain), SIGKILL what is still running after 20 s, then
-    print the tail of each ``*.log`` in ``log_dir`` (shown when the test fails)."""
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+def stop_processes(
+    procs: list[subprocess.Popen[bytes]], log_dir: Path, logs: list[IO[bytes]], *, tail: int = 15
+) -> None:
+    """SIGTERM every process (they drain), SIGKILL what is still running after 20 s, close
+    their ``logs``, then print the tail of each ``*.log`` in ``log_dir`` (shown when the test
+    fails)."""
+    try:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    finally:
+        for log in logs:
+            log.close()
     for log_file in sorted(log_dir.glob("*.log")):
         lines = log_file.read_text(errors="replace").splitlines()[-tail:]
         print(f"--- {log_file.name} (tail)\n" + "\n".join(lines))
