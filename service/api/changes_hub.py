@@ -210,6 +210,10 @@ class StreamUnavailable(Exception):
     """The change reader is not connected to Kafka (yet)."""
 
 
+STOP_TIMEOUT_S = 5.0
+"""How long :meth:`ChangeHub.stop` waits for the reader to end."""
+
+
 class ChangeHub:
     """The fan-out hub of one API worker; see the module docstring."""
 
@@ -249,11 +253,17 @@ class ChangeHub:
             self._task = asyncio.create_task(self._run(), name="change-hub")
 
     async def stop(self) -> None:
+        """Cancels the reader and waits for it, at most ``STOP_TIMEOUT_S``: a client call
+        that swallows the cancellation (seen with redis-py's cluster client while the hub
+        counted changes) must not hold the API's shutdown forever."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            done, _ = await asyncio.wait({task}, timeout=STOP_TIMEOUT_S)
+            if not done:
+                log.warning("change hub did not stop in time; left behind")
+            elif not task.cancelled() and (exc := task.exception()) is not None:
+                log.warning("change hub ended with an error", extra={"error": repr(exc)})
         for viewer in list(self._viewers):
             viewer.close()
         self._viewers.clear()
