@@ -1,8 +1,9 @@
 """``classify``: a customer's profile, the rules and an instant in, the segmentation out.
 
 Pure and deterministic: no I/O, no clock; ``now`` is passed in. The consumer calls it for
-every touched customer, so the hot path reads the precompiled :class:`CompiledRules`, makes
-one pass over the daily buckets per window it needs and builds no intermediate objects.
+every touched customer, so the hot path reads the precompiled :class:`CompiledRules` and sums
+each window as slices of the buckets' columns in day order (:class:`Buckets`), with no object
+per day.
 
 ``next_review_at`` is the first UTC midnight at which the answer may change with no new event.
 Time alone changes only two kinds of input, and each yields a candidate day:
@@ -21,11 +22,11 @@ missed one would leave a stale segment, which the property tests guard against.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable
 from datetime import datetime
+from itertools import compress
 from typing import Final
 
-from service.segmentation.profile import MONEY_SCALE, MS_PER_DAY, Profile, Totals
+from service.segmentation.profile import MONEY_SCALE, MS_PER_DAY, Buckets, Profile
 from service.segmentation.rules import CompiledRules, Rules
 from service.segmentation.types import Level, Lifecycle, Loyalty, Needs, Segmentation, ValueTier
 from service.segmentation.windows import day_start, reactivation_day, utc_day
@@ -50,33 +51,14 @@ def classify(profile: Profile, rules: Rules, *, now: datetime) -> Segmentation:
     reasons: list[str] = []
     review_days: list[int] = []
 
-    # One pass collects the purchase days that can matter and the sums of the widest window;
-    # each narrower window (usually one) costs one more scan.
-    windows = c.class_windows
-    widest = windows[-1]
-    since, widest_since = today - c.lookback + 1, today - widest + 1
-    purchase_days: list[int] = []
-    orders = spend = refunded = margin = discounted = premium = support = 0
-    oldest: int | None = None
-    buckets = profile.days.items()
-    for day, t in buckets:
-        if day >= since:
-            if t.orders:
-                purchase_days.append(day)
-            if day >= widest_since:
-                orders += t.orders
-                spend += t.spend
-                refunded += t.refunded
-                margin += t.margin
-                discounted += t.discounted_spend
-                premium += t.premium_spend
-                support += t.support_contacts
-                if oldest is None or day < oldest:
-                    oldest = day
-    purchase_days.sort()
-    sums = [_window_sums(buckets, today - window + 1) for window in windows[:-1]]
-    sums.append((orders, spend, refunded, margin, discounted, premium, support, oldest))
-    for window, window_sums in zip(windows, sums, strict=True):
+    # The windows are suffixes of the buckets in day order: their sums are sums of column
+    # slices, and the purchase days that can matter one compress (Buckets).
+    buckets = Buckets.of(profile.days)
+    days = buckets.days
+    start = buckets.start(today - c.lookback + 1)
+    purchase_days = list(compress(days[start:], buckets.columns[0][start:]))
+    sums = [_window_sums(buckets, buckets.start(today - window + 1)) for window in c.class_windows]
+    for window, window_sums in zip(c.class_windows, sums, strict=True):
         window_oldest = window_sums[_OLDEST]
         if window_oldest is not None:
             review_days.append(window_oldest + window)
@@ -171,21 +153,33 @@ def classify(profile: Profile, rules: Rules, *, now: datetime) -> Segmentation:
     )
 
 
-def _window_sums(kept: Iterable[tuple[int, Totals]], since: int) -> _WindowSums:
-    orders = spend = refunded = margin = discounted = premium = support = 0
-    oldest: int | None = None
-    for day, t in kept:
-        if day >= since:
-            orders += t.orders
-            spend += t.spend
-            refunded += t.refunded
-            margin += t.margin
-            discounted += t.discounted_spend
-            premium += t.premium_spend
-            support += t.support_contacts
-            if oldest is None or day < oldest:
-                oldest = day
-    return orders, spend, refunded, margin, discounted, premium, support, oldest
+def _window_sums(buckets: Buckets, start: int) -> _WindowSums:
+    """Sums of the buckets from index ``start`` on, and the day of the first of them."""
+    days = buckets.days
+    if start >= len(days):
+        return 0, 0, 0, 0, 0, 0, 0, None
+    orders, spend, _, refunded, margin, discounted, premium, _, support = buckets.columns
+    if start:
+        return (
+            sum(orders[start:]),
+            sum(spend[start:]),
+            sum(refunded[start:]),
+            sum(margin[start:]),
+            sum(discounted[start:]),
+            sum(premium[start:]),
+            sum(support[start:]),
+            days[start],
+        )
+    return (
+        sum(orders),
+        sum(spend),
+        sum(refunded),
+        sum(margin),
+        sum(discounted),
+        sum(premium),
+        sum(support),
+        days[0],
+    )
 
 
 def _lifecycle(

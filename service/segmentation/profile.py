@@ -10,8 +10,10 @@ never drift; the API renders it with exactly two decimals.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from bisect import bisect_left
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from operator import itemgetter
 from typing import Literal, NamedTuple
 
 MONEY_SCALE = 10_000
@@ -61,6 +63,89 @@ class Totals(NamedTuple):
 
 
 ZERO = Totals()
+N_TOTALS = len(ZERO)
+
+_new_totals = tuple.__new__
+"""``_new_totals(Totals, nine_ints)``: a Totals without the named tuple's Python ``__new__``."""
+
+
+class Buckets(Mapping[int, Totals]):
+    """Daily buckets as columns in day order: the shape the classifier sums windows over.
+
+    ``days`` ascending; ``columns[k][i]`` is field ``k`` (:class:`Totals` order) of day
+    ``days[i]``. A window is a suffix of the days, so its sums are sums of column slices, each
+    one C loop, where a mapping of per-day tuples costs a Python step per day and field. A
+    heavy customer has hundreds of buckets and is read back on every event at a low rate, so
+    this is most of what reading a customer costs (docs/PERFORMANCE.md).
+
+    A read-only :class:`Mapping` of day to :class:`Totals` for everything else, equal to a
+    dict with the same buckets.
+    """
+
+    __slots__ = ("columns", "days")
+
+    def __init__(self, days: Sequence[int], columns: Sequence[Sequence[int]]) -> None:
+        self.days = days
+        self.columns = columns
+
+    @classmethod
+    def of(cls, buckets: Mapping[int, Totals]) -> Buckets:
+        """The columns of any mapping of day to totals (itself when it already is one)."""
+        if isinstance(buckets, Buckets):
+            return buckets
+        items = sorted(buckets.items())
+        if not items:
+            return EMPTY_BUCKETS
+        return cls(tuple(day for day, _ in items), tuple(zip(*(t for _, t in items), strict=True)))
+
+    @classmethod
+    def from_rows(cls, days: list[int], flat: list[int]) -> Buckets:
+        """Buckets from days in any order and their totals, ``N_TOTALS`` integers per day in
+        the same order, one flat list (what one C-level parse of a read-back gives)."""
+        n = len(days)
+        if n > 1:
+            order = sorted(range(n), key=days.__getitem__)
+            pick = itemgetter(*order)
+            return cls(pick(days), [pick(flat[k::N_TOTALS]) for k in range(N_TOTALS)])
+        if n == 1:
+            return cls(days, [flat[k::N_TOTALS] for k in range(N_TOTALS)])
+        return EMPTY_BUCKETS
+
+    def start(self, day: int) -> int:
+        """Index of the first bucket on or after ``day``."""
+        return bisect_left(self.days, day)
+
+    def tail(self, start: int) -> Buckets:
+        """The buckets from index ``start`` on."""
+        if start <= 0:
+            return self
+        return Buckets(self.days[start:], [column[start:] for column in self.columns])
+
+    def __getitem__(self, day: int) -> Totals:
+        days = self.days
+        i = bisect_left(days, day)
+        if i == len(days) or days[i] != day:
+            raise KeyError(day)
+        return _new_totals(Totals, tuple([column[i] for column in self.columns]))
+
+    def __contains__(self, day: object) -> bool:
+        if not isinstance(day, int):
+            return False
+        days = self.days
+        i = bisect_left(days, day)
+        return i < len(days) and days[i] == day
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.days)
+
+    def __len__(self) -> int:
+        return len(self.days)
+
+    def __repr__(self) -> str:
+        return f"Buckets({dict(self.items())!r})"
+
+
+EMPTY_BUCKETS = Buckets((), [() for _ in range(N_TOTALS)])
 
 
 class EventDelta(NamedTuple):

@@ -20,31 +20,34 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from service.segmentation.profile import ZERO, Profile, Totals
-from service.segmentation.types import Axes, Rfm
+import msgspec
 
-_N_TOTALS = 9
+from service.segmentation.profile import (
+    EMPTY_BUCKETS,
+    N_TOTALS,
+    ZERO,
+    Buckets,
+    Profile,
+    Totals,
+    _new_totals,
+)
+from service.segmentation.types import Axes, Rfm
 
 
 def encode_totals(totals: Totals) -> str:
-    n = _N_TOTALS
-    while not totals[n - 1]:  # trailing zeros dropped
-        n -= 1
-        if n == 1:
-            break
-    return ",".join(map(str, totals[:n]))
+    """All ``N_TOTALS`` fields, zeros included: buckets of one width decode in one parse
+    (:func:`decode_customer`); a few bytes a bucket (hashes written before kept trailing zeros
+    off, and still decode)."""
+    return ",".join(map(str, totals))
 
 
-_PAD = {n: (0,) * n for n in range(_N_TOTALS + 1)}
-"""Zeros to append to a CSV of ``_N_TOTALS - n`` fields (a longer one is a KeyError)."""
-_new_totals = tuple.__new__
-"""``_new_totals(Totals, nine_ints)``: a Totals without the named tuple's Python ``__new__``
-(a third cheaper; every daily bucket of every customer read back is one)."""
+_PAD = {n: (0,) * n for n in range(N_TOTALS + 1)}
+"""Zeros to append to a CSV of ``N_TOTALS - n`` fields (a longer one is a KeyError)."""
 
 
 def decode_totals(raw: bytes | str) -> Totals:
     values = raw.split(b",") if isinstance(raw, bytes) else raw.split(",")
-    return _new_totals(Totals, (*map(int, values), *_PAD[_N_TOTALS - len(values)]))
+    return _new_totals(Totals, (*map(int, values), *_PAD[N_TOTALS - len(values)]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,39 +160,77 @@ class CustomerState:
 
 def decode_customer(customer_id: str, fields: Iterable[bytes], *, min_day: int) -> CustomerState:
     """Builds the profile from a raw HGETALL (RESP2 flat list: name, value, name, value...);
-    buckets older than ``min_day`` are ignored."""
-    days: dict[int, Totals] = {}
-    lifetime = ZERO
-    first = last = engaged = None
-    revision = packed = meta = ""
-    stale: list[bytes] = []
-    it = iter(fields)
-    for name, value in zip(it, it, strict=True):
-        if name[0] == 100:  # b"d:<day>"
-            day = int(name[2:])
-            if day >= min_day:
-                values = value.split(b",")
-                days[day] = _new_totals(Totals, (*map(int, values), *_PAD[_N_TOTALS - len(values)]))
-            else:
-                stale.append(name)
-        elif name == b"L":
-            lifetime = decode_totals(value)
-        elif name == b"f":
-            first = int(value)
-        elif name == b"l":
-            last = int(value)
-        elif name == b"e":
-            engaged = int(value)
-        elif name == b"v":
-            revision = value.decode()
-        elif name == b"g":
-            packed = value.decode()
-        elif name == b"m":
-            meta = value.decode()
-    profile = Profile(customer_id, first, last, engaged, lifetime, days)
-    return CustomerState(
-        profile=profile, revision=revision, packed=packed, meta=meta, stale=tuple(stale)
+    buckets older than ``min_day`` are left out of it and named in ``stale``.
+
+    The buckets take one C-level parse for all of them (:func:`_bucket_columns`); a hash
+    written before buckets were kept ``N_TOTALS`` wide (or anything unexpected in it) takes
+    the field-by-field path, with the same result."""
+    flat = fields if isinstance(fields, list) else list(fields)
+    by_name = dict(zip(flat[0::2], flat[1::2], strict=True))
+    pop = by_name.pop
+    lifetime_raw, first, last, engaged = (
+        pop(b"L", None),
+        pop(b"f", None),
+        pop(b"l", None),
+        pop(b"e", None),
     )
+    revision, packed, meta = pop(b"v", b""), pop(b"g", b""), pop(b"m", b"")
+    for name in _OTHER_FIELDS:
+        pop(name, None)
+    buckets = _bucket_columns(by_name) if by_name else EMPTY_BUCKETS
+    if buckets is None:
+        buckets = Buckets.of(_bucket_rows(by_name))
+    stale: tuple[bytes, ...] = ()
+    if buckets.days and buckets.days[0] < min_day:
+        start = buckets.start(min_day)
+        stale = tuple([b"d:%d" % day for day in buckets.days[:start]])
+        buckets = buckets.tail(start)
+    profile = Profile(
+        customer_id,
+        None if first is None else int(first),
+        None if last is None else int(last),
+        None if engaged is None else int(engaged),
+        ZERO if lifetime_raw is None else decode_totals(lifetime_raw),
+        buckets,
+    )
+    return CustomerState(
+        profile=profile,
+        revision=revision.decode(),
+        packed=packed.decode(),
+        meta=meta.decode(),
+        stale=stale,
+    )
+
+
+_OTHER_FIELDS = (b"w", b"r", b"x")
+"""Fields of a customer hash that are neither buckets nor read into the state."""
+_decode_ints = msgspec.json.Decoder(list[int]).decode
+
+
+def _bucket_columns(buckets: dict[bytes, bytes]) -> Buckets | None:
+    """Every ``d:<day>`` field in two C-level parses (days, then all totals as one JSON array):
+    ~0.3 µs a bucket against ~2 µs field by field. None when a field is not a bucket or a
+    bucket is not ``N_TOTALS`` wide (the caller takes the slow path)."""
+    try:
+        days = _decode_ints(b"[" + b",".join(buckets).replace(b"d:", b"") + b"]")
+        totals = _decode_ints(b"[" + b",".join(buckets.values()) + b"]")
+    except msgspec.MsgspecError:  # a name or value that is not integers
+        return None
+    if len(days) != len(buckets) or len(totals) != N_TOTALS * len(days):
+        return None
+    return Buckets.from_rows(days, totals)
+
+
+def _bucket_rows(buckets: dict[bytes, bytes]) -> dict[int, Totals]:
+    """The buckets field by field (a CSV may omit trailing zeros); other fields are ignored."""
+    rows: dict[int, Totals] = {}
+    for name, value in buckets.items():
+        if name[:2] == b"d:":
+            values = value.split(b",")
+            rows[int(name[2:])] = _new_totals(
+                Totals, (*map(int, values), *_PAD[N_TOTALS - len(values)])
+            )
+    return rows
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
