@@ -35,14 +35,14 @@ from consumers.segmenter import Segmenter
 from consumers.sweeper import SweepStats, run_sweeper
 from service.errors import StopRequested
 from service.kafka import ProducerSink, client_options, create_producer, ensure_topics
-from service.pipeline_stats import record_batch
+from service.pipeline_stats import PipelineFigures
 from service.probes import kafka_consumer_checks, redis_check, serve_probes
 from service.rules_runtime import RulesWatcher
 from service.segmentation.rules import Rules, load_rules
 from service.settings import Settings
 from service.store.keys import Keys
 from service.store.profiles import RedisProfileStore
-from service.store.redis_client import AnyRedis, create_redis
+from service.store.redis_client import create_redis
 from service.store.resp import RespPipeline
 
 log = logging.getLogger(__name__)
@@ -246,8 +246,10 @@ class ConsumerApp:
             if s.sweep.in_consumer
             else None
         )
+        figures = PipelineFigures(redis, self._stats_keys)
+        figures_writer = asyncio.create_task(figures.run())
         lanes = [
-            asyncio.create_task(self._lane(i, consumer, h, redis)) for i, h in enumerate(handlers)
+            asyncio.create_task(self._lane(i, consumer, h, figures)) for i, h in enumerate(handlers)
         ]
         # run_consumer turned automatic collection off for this (see collect_garbage_every)
         collector = (
@@ -265,6 +267,9 @@ class ConsumerApp:
             for lane in lanes:
                 lane.cancel()
             await asyncio.gather(*lanes, return_exceptions=True)
+            figures_writer.cancel()
+            await asyncio.gather(figures_writer, return_exceptions=True)
+            await figures.flush()
             sweep_stopping.set()
             if sweeper is not None:
                 await asyncio.gather(sweeper, return_exceptions=True)
@@ -279,7 +284,11 @@ class ConsumerApp:
             log.info("consumer stopped", extra=summary)
 
     async def _lane(
-        self, lane: int, consumer: AIOKafkaConsumer, handler: BatchHandler, redis: AnyRedis
+        self,
+        lane: int,
+        consumer: AIOKafkaConsumer,
+        handler: BatchHandler,
+        figures: PipelineFigures,
     ) -> None:
         """One of ``kafka.lanes`` loops, each over its own share of the assigned partitions
         (partition % lanes). Customers never span partitions, so lanes never touch the same
@@ -315,6 +324,10 @@ class ConsumerApp:
                     self.metrics.kafka_error("commit")
                     log.warning("commit refused", extra={"error": type(exc).__name__})
                 commit_s = time.perf_counter() - t_commit
+                # End-to-end latency: record creation (producer clock) to segments written and
+                # offsets committed; one sample per record, most recent kept.
+                done_ms = time.time() * 1000
+                self.latency_ms.extend(done_ms - r.timestamp for r in records if r.timestamp > 0)
                 self.totals.add(stats)
                 self.metrics.observe_batch(
                     stats,
@@ -323,8 +336,8 @@ class ConsumerApp:
                     highwater=consumer.highwater,
                     commit_s=commit_s,
                 )
-                # the dashboard's figures (events/s, dead letters/min); never raises
-                await record_batch(redis, self._stats_keys, stats, at=self.clock())
+                # the dashboard's figures (events/s, dead letters/min), written once a second
+                figures.add(stats, at=self.clock())
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug(
                         "batch",
@@ -339,10 +352,6 @@ class ConsumerApp:
                             "commit_ms": round(commit_s * 1000, 1),
                         },
                     )
-                # End-to-end latency: record creation (producer clock) to segments written and
-                # offsets committed; one sample per record, most recent kept.
-                done_ms = time.time() * 1000
-                self.latency_ms.extend(done_ms - r.timestamp for r in records if r.timestamp > 0)
 
     async def _handle(self, handler: BatchHandler, records: list) -> BatchStats:  # type: ignore[type-arg]
         """Handles a batch until done; a failed produce retries the whole (idempotent) batch."""

@@ -1,19 +1,20 @@
 """Per-minute consumer counters for the dashboard's pipeline health (events/s, dead letters).
 
-The consumer calls :func:`record_batch` once per handled batch, after its offsets are
-committed. One pipelined round trip (a handful of ``HINCRBY`` and one ``EXPIRE``); a Redis
-failure here is logged and ignored: figures for operators must never hold up the pipeline.
-The counters are read back by :class:`service.store.stats.StatsReader`.
+The consumer adds every handled batch to a :class:`PipelineFigures` (in memory, after the
+batch's offsets are committed), which writes them once a second in one pipelined round trip
+(a handful of ``HINCRBY`` and one ``EXPIRE`` per minute): no lane waits on it, and a batch
+costs no Redis call for figures. A Redis failure here is logged and the figures are kept for
+the next write: figures for operators must never hold up the pipeline. The counters are read
+back by :class:`service.store.stats.StatsReader`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping
+from collections import Counter
 from datetime import datetime
 from typing import Protocol
-
-from redis.exceptions import RedisError
 
 from service.store.keys import Keys
 from service.store.redis_client import AnyRedis
@@ -36,19 +37,49 @@ class BatchFigures(Protocol):
     dead_letter_reasons: dict[str, int]
 
 
-async def record_batch(redis: AnyRedis, keys: Keys, batch: BatchFigures, *, at: datetime) -> None:
-    """Adds one batch's figures to the minute of ``at``; never raises on a Redis failure."""
-    key = keys.pipeline_minute(int(at.timestamp()) // 60)
-    increments: Mapping[str, int] = {
-        **{name: getattr(batch, name) for name in COUNTERS},
-        **{f"dl:{reason}": n for reason, n in batch.dead_letter_reasons.items()},
-    }
-    pipe = redis.pipeline(transaction=False)
-    for field, amount in increments.items():
-        if amount:
-            pipe.hincrby(key, field, amount)
-    pipe.expire(key, MINUTE_TTL_S)
-    try:
-        await pipe.execute()
-    except (RedisError, OSError) as exc:
-        log.warning("pipeline figures not recorded", extra={"error": repr(exc)})
+class PipelineFigures:
+    """Batch figures summed per minute in memory, written to Redis by :meth:`flush`."""
+
+    def __init__(self, redis: AnyRedis, keys: Keys) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._pending: dict[int, Counter[str]] = {}
+
+    @property
+    def pending_minutes(self) -> int:
+        """Minutes with figures not written yet."""
+        return len(self._pending)
+
+    def add(self, batch: BatchFigures, *, at: datetime) -> None:
+        minute = self._pending.setdefault(int(at.timestamp()) // 60, Counter())
+        for name in COUNTERS:
+            amount = getattr(batch, name)
+            if amount:
+                minute[name] += amount
+        for reason, n in batch.dead_letter_reasons.items():
+            minute[f"dl:{reason}"] += n
+
+    async def flush(self) -> None:
+        """Writes what was added since the last write; never raises on a Redis failure (the
+        figures wait for the next one)."""
+        pending, self._pending = self._pending, {}
+        if not pending:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for minute, counts in pending.items():
+            key = self._keys.pipeline_minute(minute)
+            for field, amount in counts.items():
+                pipe.hincrby(key, field, amount)
+            pipe.expire(key, MINUTE_TTL_S)
+        try:
+            await pipe.execute()
+        except Exception as exc:  # noqa: BLE001 - any failure (a cluster's too) only delays them
+            log.warning("pipeline figures not recorded yet", extra={"error": repr(exc)})
+            for minute, counts in pending.items():  # kept, with anything added meanwhile
+                self._pending.setdefault(minute, Counter()).update(counts)
+
+    async def run(self, interval_s: float = 1.0) -> None:
+        """Flushes every ``interval_s`` until cancelled (then the owner flushes once more)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.flush()

@@ -9,7 +9,7 @@ import pytest
 
 from schemas.stats import PipelineHealth, SegmentKpis
 from service.api.app import create_app
-from service.pipeline_stats import record_batch
+from service.pipeline_stats import PipelineFigures
 from service.store.keys import Keys
 from service.store.redis_client import create_redis
 from tests.support.api import NOW_UTC, MovableClock, api_key, api_settings, load_events, running
@@ -34,13 +34,21 @@ async def test_pipeline_health_from_consumer_counters(redis_url: str) -> None:
     redis = create_redis(settings.redis)
     keys = Keys(settings.redis.key_prefix)
     last_minute = NOW_UTC - timedelta(seconds=60)
+    unreachable = create_redis(settings.redis.model_copy(update={"url": "redis://127.0.0.1:1/0"}))
     try:
-        await record_batch(
-            redis, keys, Batch(600, 590, 4, 6, 30, {"invalid_json": 6}), at=last_minute
-        )
-        await record_batch(redis, keys, Batch(600, 600, changes=12), at=last_minute)
-        await record_batch(redis, keys, Batch(1, 1), at=NOW_UTC)  # the current minute: not shown
+        figures = PipelineFigures(unreachable, keys)
+        figures.add(Batch(600, 590, 4, 6, 30, {"invalid_json": 6}), at=last_minute)
+        await figures.flush()  # Redis down: logged, and the figures wait for the next write
+        assert figures.pending_minutes == 1
+        figures._redis = redis  # Redis is back
+        figures.add(Batch(600, 600, changes=12), at=last_minute)
+        figures.add(Batch(1, 1), at=NOW_UTC)  # the current minute: not shown
+        assert figures.pending_minutes == 2
+        await figures.flush()
+        assert figures.pending_minutes == 0
+        await figures.flush()  # nothing added since: nothing counted twice
     finally:
+        await unreachable.aclose()
         await redis.aclose()
     app = create_app(settings, clock=MovableClock(NOW_UTC))
     async with running(app, key) as client:
