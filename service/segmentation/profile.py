@@ -99,17 +99,14 @@ class Buckets(Mapping[int, Totals]):
         return cls(tuple(day for day, _ in items), tuple(zip(*(t for _, t in items), strict=True)))
 
     @classmethod
-    def from_rows(cls, days: list[int], flat: list[int]) -> Buckets:
-        """Buckets from days in any order and their totals, ``N_TOTALS`` integers per day in
-        the same order, one flat list (what one C-level parse of a read-back gives)."""
+    def in_day_order(cls, days: list[int], columns: Sequence[Sequence[int]]) -> Buckets:
+        """Buckets from days and their columns (aligned with them), sorting them unless the
+        days already ascend."""
         n = len(days)
-        if n > 1:
-            order = sorted(range(n), key=days.__getitem__)
-            pick = itemgetter(*order)
-            return cls(pick(days), [pick(flat[k::N_TOTALS]) for k in range(N_TOTALS)])
-        if n == 1:
-            return cls(days, [flat[k::N_TOTALS] for k in range(N_TOTALS)])
-        return EMPTY_BUCKETS
+        if n > 1 and days != sorted(days):
+            pick = itemgetter(*sorted(range(n), key=days.__getitem__))
+            return cls(pick(days), [pick(column) for column in columns])
+        return cls(days, columns) if n else EMPTY_BUCKETS
 
     def start(self, day: int) -> int:
         """Index of the first bucket on or after ``day``."""

@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import zip_longest
+from operator import itemgetter
 
 import msgspec
 
@@ -35,10 +37,12 @@ from service.segmentation.types import Axes, Rfm
 
 
 def encode_totals(totals: Totals) -> str:
-    """All ``N_TOTALS`` fields, zeros included: buckets of one width decode in one parse
-    (:func:`decode_customer`); a few bytes a bucket (hashes written before kept trailing zeros
-    off, and still decode)."""
-    return ",".join(map(str, totals))
+    n = N_TOTALS
+    while not totals[n - 1]:  # trailing zeros dropped
+        n -= 1
+        if n == 1:
+            break
+    return ",".join(map(str, totals[:n]))
 
 
 _PAD = {n: (0,) * n for n in range(N_TOTALS + 1)}
@@ -205,20 +209,27 @@ def decode_customer(customer_id: str, fields: Iterable[bytes], *, min_day: int) 
 _OTHER_FIELDS = (b"w", b"r", b"x")
 """Fields of a customer hash that are neither buckets nor read into the state."""
 _decode_ints = msgspec.json.Decoder(list[int]).decode
+_decode_rows = msgspec.json.Decoder(list[list[int]]).decode
 
 
 def _bucket_columns(buckets: dict[bytes, bytes]) -> Buckets | None:
-    """Every ``d:<day>`` field in two C-level parses (days, then all totals as one JSON array):
-    ~0.3 µs a bucket against ~2 µs field by field. None when a field is not a bucket or a
-    bucket is not ``N_TOTALS`` wide (the caller takes the slow path)."""
+    """Every ``d:<day>`` field in two C-level parses (the days, then every bucket's CSV as one
+    JSON array of arrays), turned into columns by one ``zip_longest`` (a CSV without its
+    trailing zeros gets them back): ~0.5 µs a bucket against ~2 µs field by field. None when
+    a field is not a bucket (the caller takes the field-by-field path)."""
+    names = sorted(buckets)  # day order when the days have as many digits (since 1997)
+    values = itemgetter(*names)(buckets) if len(names) > 1 else (buckets[names[0]],)
     try:
-        days = _decode_ints(b"[" + b",".join(buckets).replace(b"d:", b"") + b"]")
-        totals = _decode_ints(b"[" + b",".join(buckets.values()) + b"]")
+        days = _decode_ints(b"[" + b",".join(names).replace(b"d:", b"") + b"]")
+        rows = _decode_rows(b"[[" + b"],[".join(values) + b"]]")
     except msgspec.MsgspecError:  # a name or value that is not integers
         return None
-    if len(days) != len(buckets) or len(totals) != N_TOTALS * len(days):
+    n = len(days)
+    columns = list(zip_longest(*rows, fillvalue=0))
+    if n != len(names) or len(columns) > N_TOTALS or min(map(len, rows)) == 0:
         return None
-    return Buckets.from_rows(days, totals)
+    columns += [(0,) * n] * (N_TOTALS - len(columns))
+    return Buckets.in_day_order(days, columns)
 
 
 def _bucket_rows(buckets: dict[bytes, bytes]) -> dict[int, Totals]:

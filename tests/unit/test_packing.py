@@ -1,5 +1,5 @@
-"""Reading a customer hash back: the one-parse bucket path, the field-by-field path for hashes
-written before buckets were kept nine wide, and the column form the classifier sums over."""
+"""Reading a customer hash back: the one-parse bucket path (and the field-by-field one it
+falls back to), and the column form the classifier sums over."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.segmentation.classifier import _window_sums
-from service.segmentation.profile import EMPTY_BUCKETS, N_TOTALS, ZERO, Buckets, Profile, Totals
+from service.segmentation.profile import EMPTY_BUCKETS, ZERO, Buckets, Profile, Totals
 from service.segmentation.windows import purchase_days, window_totals
 from service.store.packing import _bucket_columns, decode_customer, encode_totals
 
@@ -33,25 +33,23 @@ totals = st.builds(
 buckets = st.dictionaries(st.integers(TODAY - 500, TODAY + 3), totals, max_size=80)
 
 
-def _legacy(t: Totals) -> str:
-    """How earlier versions stored totals: trailing zeros left off (at least one field)."""
-    n = N_TOTALS
-    while n > 1 and not t[n - 1]:
-        n -= 1
-    return ",".join(map(str, t[:n]))
+def _wide(t: Totals) -> str:
+    """Totals with every field, trailing zeros included (the store leaves them off; a reader
+    takes both)."""
+    return ",".join(map(str, t))
 
 
 def _hash(
     days: dict[int, Totals],
     *,
-    legacy: set[int],
+    wide: set[int],
     lifetime: Totals | None,
     scalars: dict[bytes, bytes],
     seed: int,
 ) -> list[bytes]:
     """A customer hash as HGETALL gives it (flat, in any field order)."""
     pairs = [
-        (f"d:{day}".encode(), (_legacy(t) if day in legacy else encode_totals(t)).encode())
+        (f"d:{day}".encode(), (_wide(t) if day in wide else encode_totals(t)).encode())
         for day, t in days.items()
     ]
     if lifetime is not None:
@@ -65,7 +63,7 @@ def _hash(
 @given(
     days=buckets,
     min_day=st.integers(TODAY - 520, TODAY + 5),
-    legacy_share=st.sampled_from([0.0, 0.0, 0.3, 1.0]),
+    wide_share=st.sampled_from([0.0, 0.3, 1.0]),
     lifetime=st.none() | totals,
     segmented=st.booleans(),
     seed=st.integers(0, 2**32),
@@ -73,18 +71,18 @@ def _hash(
 def test_decode_reads_every_bucket_from_the_window_on_and_names_the_rest_stale(
     days: dict[int, Totals],
     min_day: int,
-    legacy_share: float,
+    wide_share: float,
     lifetime: Totals | None,
     segmented: bool,
     seed: int,
 ) -> None:
     rng = random.Random(seed)
-    legacy = {day for day in days if rng.random() < legacy_share}
+    wide = {day for day in days if rng.random() < wide_share}
     scalars = {b"f": b"1700000000000", b"l": b"1760000000000", b"v": b"17", b"w": b"3:991"}
     scalars[b"r"] = bytes(rng.randrange(256) for _ in range(16))  # event id hashes: any bytes
     if segmented:
         scalars |= {b"g": b"vip|hhhp555-hhh|t1", b"m": b"v1|1700000000000||champions"}
-    fields = _hash(days, legacy=legacy, lifetime=lifetime, scalars=scalars, seed=seed)
+    fields = _hash(days, wide=wide, lifetime=lifetime, scalars=scalars, seed=seed)
 
     state = decode_customer("c-1", fields, min_day=min_day)
 
@@ -104,24 +102,30 @@ def test_decode_reads_every_bucket_from_the_window_on_and_names_the_rest_stale(
     assert state.meta == ("v1|1700000000000||champions" if segmented else "")
 
 
-def test_nine_wide_buckets_take_the_one_parse_path_and_legacy_ones_do_not() -> None:
-    wide = {b"d:5": b"1,2,0,0,3,0,0,0,0", b"d:3": b"0,0,0,0,0,0,0,1,1"}
-    columns = _bucket_columns(wide)
+def test_buckets_of_any_width_take_the_one_parse_path() -> None:
+    buckets = {b"d:5": b"1,2,0,0,3", b"d:3": b"0,0,0,0,0,0,0,1,1", b"d:4": b"1,2"}
+    columns = _bucket_columns(buckets)
     assert columns is not None
-    assert columns.days == (3, 5)
-    assert columns == {3: Totals(engagements=1, support_contacts=1), 5: Totals(1, 2, 0, 0, 3)}
-    assert _bucket_columns({**wide, b"d:4": b"1,2"}) is None  # trailing zeros left off
-    assert _bucket_columns({**wide, b"zz": b"1,2,0,0,3,0,0,0,0"}) is None  # not a bucket
-    huge = _bucket_columns({b"d:1": b"1," + b"9" * 30 + b",0,0,0,0,0,0,0"})  # > 64 bits: exact
-    assert huge == {1: Totals(1, int("9" * 30))}
-    state = decode_customer(
-        "c", [b"d:4", b"1,2", *[x for kv in wide.items() for x in kv]], min_day=0
-    )
-    assert state.profile.days == {
-        3: Totals(0, 0, 0, 0, 0, 0, 0, 1, 1),
+    assert columns.days == [3, 4, 5]
+    assert columns == {
+        3: Totals(engagements=1, support_contacts=1),
         4: Totals(1, 2),
         5: Totals(1, 2, 0, 0, 3),
     }
+    assert _bucket_columns({**buckets, b"zz": b"1,2"}) is None  # not a bucket: field by field
+    assert _bucket_columns({b"d:1": b"1,2,3,4,5,6,7,8,9,10"}) is None  # too wide
+    huge = _bucket_columns({b"d:1": b"1," + b"9" * 30})  # beyond 64 bits: exact
+    assert huge == {1: Totals(1, int("9" * 30))}
+    # Days of different lengths (before 1997-05-19, or before the epoch) sort by number.
+    early = _bucket_columns({b"d:10000": b"1", b"d:9999": b"2", b"d:-3": b"3", b"d:123": b"4"})
+    assert early is not None and list(early) == [-3, 123, 9999, 10000]
+    assert early[9999] == Totals(2)
+
+
+def test_the_field_by_field_path_reads_the_same() -> None:
+    buckets = {b"d:5": b"1,2,0,0,3", b"d:3": b"0,0,0,0,0,0,0,1,1"}
+    fields = [b"zz", b"?", *[x for kv in buckets.items() for x in kv]]  # a field of no use
+    assert decode_customer("c", fields, min_day=0).profile.days == _bucket_columns(buckets)
 
 
 def test_an_unknown_customer_decodes_empty() -> None:
@@ -133,9 +137,10 @@ def test_an_unknown_customer_decodes_empty() -> None:
         assert (state.revision, state.packed, state.stale) == ("", "", ())
 
 
-def test_encode_totals_keeps_every_field() -> None:
-    assert encode_totals(Totals(1, 500)) == "1,500,0,0,0,0,0,0,0"
-    assert encode_totals(ZERO) == "0,0,0,0,0,0,0,0,0"
+def test_encode_totals_leaves_trailing_zeros_off() -> None:
+    assert encode_totals(Totals(1, 500)) == "1,500"
+    assert encode_totals(Totals(engagements=1)) == "0,0,0,0,0,0,0,1"
+    assert encode_totals(ZERO) == "0"
 
 
 def test_buckets_is_a_read_only_mapping_in_day_order() -> None:
@@ -153,8 +158,11 @@ def test_buckets_is_a_read_only_mapping_in_day_order() -> None:
     assert b.tail(1) == {5: Totals(engagements=1), 9: Totals(1, 10)}
     assert b.tail(0) is b
     assert Buckets.of({}) is EMPTY_BUCKETS and EMPTY_BUCKETS == {}
-    assert Buckets.from_rows([7], list(Totals(3, 30))) == {7: Totals(3, 30)}
-    assert Buckets.from_rows([8, 7], [*Totals(1), *Totals(2)]) == {7: Totals(2), 8: Totals(1)}
+    columns = [(x,) for x in Totals(3, 30)]
+    assert Buckets.in_day_order([7], columns) == {7: Totals(3, 30)}
+    columns = [(a, b) for a, b in zip(Totals(1), Totals(2), strict=True)]
+    assert Buckets.in_day_order([8, 7], columns) == {7: Totals(2), 8: Totals(1)}
+    assert Buckets.in_day_order([], []) is EMPTY_BUCKETS
     assert Profile("c", days=b) == Profile("c", days=dict(rows))
 
 

@@ -5,7 +5,7 @@
 --          before: the offset of this customer's previous event in the same pipeline (same
 --          partition), or -1 (few arguments: packing each one costs the client more than
 --          parsing costs here)
--- ARGV[2]  totals as CSV of integers, all nine (older clients omitted trailing zeros)
+-- ARGV[2]  totals as CSV of integers (trailing zeros may be omitted)
 -- ARGV[3]  event id hash (8 bytes)
 -- Returns 4 * revision_before + outcome, outcome 1 applied, 0 skipped (offset at or below the
 -- watermark), 2 skipped (event id seen), 3 skipped (the customer was erased: its hash is an
@@ -60,19 +60,20 @@ if #ring > cap then ring = string.sub(ring, 1, cap) end
 local delta = {}
 for n in string.gmatch(ARGV[2], '[^,]+') do delta[#delta + 1] = tonumber(n) end
 
--- The CSV sum of a stored value and the delta (the delta itself when there is none), as wide
--- as the wider of the two: every field, zeros included, so the client parses all of a
--- customer's buckets at once (packing.py). A value stored without its trailing zeros (older
--- versions) widens on its next event.
+-- The CSV sum of a stored value and the delta (the delta itself when there is none).
 local function add(stored)
   if not stored then return ARGV[2] end
   local sum = {}
   for n in string.gmatch(stored, '[^,]+') do sum[#sum + 1] = tonumber(n) end
+  local len = math.max(#sum, #delta)
   local out = {}
-  for i = 1, math.max(#sum, #delta) do
-    out[i] = string.format('%.0f', (sum[i] or 0) + (delta[i] or 0))
+  local last_nonzero = 1
+  for i = 1, len do
+    local v = (sum[i] or 0) + (delta[i] or 0)
+    out[i] = string.format('%.0f', v)
+    if v ~= 0 then last_nonzero = i end
   end
-  return table.concat(out, ',')
+  return table.concat(out, ',', 1, last_nonzero)
 end
 
 local set = {'w', mark, 'r', ring, 'L', add(life), 'v', tostring(rev + 1)}
