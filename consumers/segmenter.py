@@ -180,6 +180,18 @@ def _fingerprint_text(s: StoredSegmentation) -> str:
     return f"{pack_segmentation(s)[0]}|{s.axes.rfm_segment}"
 
 
+def _unchanged(state: CustomerState, new: StoredSegmentation) -> bool:
+    """Whether ``new`` is what ``state`` holds in everything a write would change: segment,
+    axes and treatment (``g`` and the RFM segment), rules version and next review (``m`` but
+    for its as-of time). Same answer as comparing the unpacked segmentations, cheaper."""
+    g, m = pack_segmentation(new)
+    if g != state.packed:
+        return False
+    version, _, next_review, rfm_segment = m.split("|")
+    stored = state.meta.split("|")
+    return stored[0] == version and stored[2] == next_review and stored[3] == rfm_segment
+
+
 def _stored_from(seg: Segmentation) -> StoredSegmentation:
     return StoredSegmentation(
         segment=seg.segment,
@@ -275,6 +287,8 @@ class Segmenter:
                     continue
                 seg = classify(state.profile, rules, now=now)
                 new = _stored_from(seg)
+                if state.packed and _unchanged(state, new):
+                    continue  # nothing to write (decided on the stored strings, not unpacked)
                 old = state.stored
                 if old is not None and old.fingerprint() == new.fingerprint():
                     if (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from bisect import bisect_left
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -12,7 +13,7 @@ import hiredis
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.segmentation.profile import EventDelta, Profile, Totals
+from service.segmentation.profile import Buckets, EventDelta, Profile, Totals
 from service.store.keys import Keys, shard_of
 from service.store.packing import (
     CustomerState,
@@ -441,9 +442,11 @@ _NEW = CustomerState(profile=Profile(""), revision="", packed="")
 
 
 class _Entry:
-    """A cached customer: what :func:`decode_customer` would read, kept mutable."""
+    """A cached customer: what :func:`decode_customer` would read, kept mutable (the buckets
+    as columns in day order, like :class:`Buckets`, so a fold is a few list operations)."""
 
     __slots__ = (
+        "columns",
         "days",
         "engaged",
         "first",
@@ -461,7 +464,9 @@ class _Entry:
         self.last = p.last_purchase_ms
         self.engaged = p.last_engagement_ms
         self.lifetime = p.lifetime
-        self.days: dict[int, Totals] = dict(p.days)
+        buckets = Buckets.of(p.days)
+        self.days: list[int] = list(buckets.days)
+        self.columns: list[list[int]] = [list(column) for column in buckets.columns]
         self.revision = int(state.revision or 0)
         self.packed = state.packed
         self.meta = state.meta
@@ -473,15 +478,29 @@ class _Entry:
         if min_day <= self.pruned:
             return ()
         self.pruned = min_day
-        old = [day for day in self.days if day < min_day]
-        for day in old:
-            del self.days[day]
+        end = bisect_left(self.days, min_day)
+        old = self.days[:end]
+        if end:
+            del self.days[:end]
+            for column in self.columns:
+                del column[:end]
         return tuple(f"d:{day}".encode() for day in old)
 
+    def fold(self, day: int, totals: Totals) -> None:
+        """Adds ``totals`` to the bucket of ``day`` (made when there is none)."""
+        days = self.days
+        i = bisect_left(days, day)
+        if i < len(days) and days[i] == day:
+            for column, value in zip(self.columns, totals, strict=True):
+                column[i] += value
+        else:
+            days.insert(i, day)
+            for column, value in zip(self.columns, totals, strict=True):
+                column.insert(i, value)
+
     def state(self, customer_id: str, stale: tuple[bytes, ...] = ()) -> CustomerState:
-        profile = Profile(
-            customer_id, self.first, self.last, self.engaged, self.lifetime, self.days
-        )
+        buckets = Buckets(tuple(self.days), [tuple(column) for column in self.columns])
+        profile = Profile(customer_id, self.first, self.last, self.engaged, self.lifetime, buckets)
         return CustomerState(
             profile=profile,
             revision=str(self.revision),
@@ -598,6 +617,4 @@ def _fold_event(entry: _Entry, delta: EventDelta, min_day: int) -> None:
     entry.lifetime = entry.lifetime + delta.totals
     entry.revision += 1
     if delta.day >= min_day:
-        days = entry.days
-        day_totals = days.get(delta.day)
-        days[delta.day] = delta.totals if day_totals is None else day_totals + delta.totals
+        entry.fold(delta.day, delta.totals)
