@@ -142,7 +142,7 @@ class Buckets(Mapping[int, Totals]):
         return f"Buckets({dict(self.items())!r})"
 
 
-EMPTY_BUCKETS = Buckets((), [() for _ in range(N_TOTALS)])
+EMPTY_BUCKETS = Buckets((), ((),) * N_TOTALS)
 
 
 class EventDelta(NamedTuple):

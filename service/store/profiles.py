@@ -7,7 +7,7 @@ import logging
 from bisect import bisect_left
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
 import hiredis
 from redis.exceptions import NoScriptError
@@ -135,12 +135,12 @@ class RedisProfileStore:
 
         The script's reply carries the revision it found; a cached customer is folded forward
         locally (:meth:`_CustomerCache.fold`, the twin of the script) as long as every revision
-        is the one it expects. A customer not in the cache is taken to be new (revision 0), so
-        a new customer is never read back. Any other case (a customer created before and not
-        cached, another writer in between: another consumer after a rebalance, an erase) shows
-        as an unexpected revision: that customer is read back in a second round trip.
+        is the one it expects. A customer not in the cache is read back in the same pipeline,
+        as without a cache (one round trip). Another writer in between (another consumer after
+        a rebalance, an erase) shows as an unexpected revision: that customer is read back in a
+        second round trip.
         """
-        hits = cache.entries_for(requests, min_day)
+        hits = cache.entries_for(requests)
         tagged, states = await self._apply_read(requests, hits.keys(), min_day=min_day)
         outcomes = [x & 3 for x in tagged]
         lost = cache.fold(hits, requests, tagged, min_day=min_day)
@@ -438,12 +438,14 @@ def _as_flat(fields: Any) -> list[bytes]:
     return list(fields)
 
 
-_NEW = CustomerState(profile=Profile(""), revision="", packed="")
-
-
 class _Entry:
-    """A cached customer: what :func:`decode_customer` would read, kept mutable (the buckets
-    as columns in day order, like :class:`Buckets`, so a fold is a few list operations)."""
+    """A cached customer: what :func:`decode_customer` would read, kept mutable.
+
+    The buckets are columns in day order, as in :class:`Buckets`: the read-back's own tuples
+    until the first fold makes lists of them (most entries are never folded into: a customer
+    seen once), then a fold is a bisect and a few list operations. The profile handed out
+    shares them: it is valid until the customer's next apply, which is all a batch needs.
+    """
 
     __slots__ = (
         "columns",
@@ -453,6 +455,7 @@ class _Entry:
         "last",
         "lifetime",
         "meta",
+        "mutable",
         "packed",
         "pruned",
         "revision",
@@ -465,8 +468,9 @@ class _Entry:
         self.engaged = p.last_engagement_ms
         self.lifetime = p.lifetime
         buckets = Buckets.of(p.days)
-        self.days: list[int] = list(buckets.days)
-        self.columns: list[list[int]] = [list(column) for column in buckets.columns]
+        self.days: Sequence[int] = buckets.days
+        self.columns: Sequence[Sequence[int]] = buckets.columns
+        self.mutable = False
         self.revision = int(state.revision or 0)
         self.packed = state.packed
         self.meta = state.meta
@@ -479,27 +483,32 @@ class _Entry:
             return ()
         self.pruned = min_day
         end = bisect_left(self.days, min_day)
+        if not end:
+            return ()
         old = self.days[:end]
-        if end:
-            del self.days[:end]
-            for column in self.columns:
-                del column[:end]
+        self.days = self.days[end:]
+        self.columns = [column[end:] for column in self.columns]
         return tuple(f"d:{day}".encode() for day in old)
 
     def fold(self, day: int, totals: Totals) -> None:
         """Adds ``totals`` to the bucket of ``day`` (made when there is none)."""
-        days = self.days
+        if not self.mutable:
+            self.days = list(self.days)
+            self.columns = [list(column) for column in self.columns]
+            self.mutable = True
+        days = cast(list[int], self.days)
+        columns = cast(list[list[int]], self.columns)
         i = bisect_left(days, day)
         if i < len(days) and days[i] == day:
-            for column, value in zip(self.columns, totals, strict=True):
+            for column, value in zip(columns, totals, strict=True):
                 column[i] += value
         else:
             days.insert(i, day)
-            for column, value in zip(self.columns, totals, strict=True):
+            for column, value in zip(columns, totals, strict=True):
                 column.insert(i, value)
 
     def state(self, customer_id: str, stale: tuple[bytes, ...] = ()) -> CustomerState:
-        buckets = Buckets(tuple(self.days), [tuple(column) for column in self.columns])
+        buckets = Buckets(self.days, self.columns)
         profile = Profile(customer_id, self.first, self.last, self.engaged, self.lifetime, buckets)
         return CustomerState(
             profile=profile,
@@ -527,16 +536,16 @@ class _CustomerCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def entries_for(self, requests: Sequence[ApplyRequest], min_day: int) -> dict[str, _Entry]:
-        """The cached entry of every customer in ``requests``; a customer not cached gets an
-        entry of a new customer (revision 0), which :meth:`fold` finds out if it was not."""
+    def entries_for(self, requests: Sequence[ApplyRequest]) -> dict[str, _Entry]:
+        """The cached entry of every customer in ``requests`` that has one."""
         entries = self._entries
         hits: dict[str, _Entry] = {}
         for r in requests:
             cid = r.customer_id
             if cid not in hits:
                 entry = entries.get(cid)
-                hits[cid] = _Entry(_NEW, min_day) if entry is None else entry
+                if entry is not None:
+                    hits[cid] = entry
         return hits
 
     def fold(
