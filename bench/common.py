@@ -52,9 +52,19 @@ def tansu_broker(log_path: str | os.PathLike[str] | None = None) -> Iterator[str
     url = f"tcp://127.0.0.1:{port}"
     log = open(log_path or os.devnull, "ab")  # noqa: SIM115
     proc = subprocess.Popen(
-        [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-         "--storage-engine", "memory://tansu/"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            str(tansu_binary()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         wait_for_port("127.0.0.1", port)
@@ -183,13 +193,15 @@ class RecordCounter:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
         try:
-            consumer = Consumer({
-                "bootstrap.servers": self._bootstrap,
-                "group.id": f"bench-counter-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "enable.partition.eof": False,
-                "fetch.wait.max.ms": 100,
-            })
+            consumer = Consumer(
+                {
+                    "bootstrap.servers": self._bootstrap,
+                    "group.id": f"bench-counter-{uuid.uuid4().hex[:8]}",
+                    "enable.auto.commit": False,
+                    "enable.partition.eof": False,
+                    "fetch.wait.max.ms": 100,
+                }
+            )
             parts = partitions_of(self._bootstrap, self.topic)
             consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in parts])
         except BaseException as e:

@@ -51,8 +51,18 @@ ZIPF_Q = 50.0
 
 # (offset in minutes, weight): most customers in Europe, some in the Americas and Asia.
 _OFFSETS = [
-    (60, 30), (0, 15), (120, 12), (-300, 12), (-480, 8), (330, 6), (540, 5), (-180, 4),
-    (480, 4), (600, 2), (-600, 1), (345, 1),
+    (60, 30),
+    (0, 15),
+    (120, 12),
+    (-300, 12),
+    (-480, 8),
+    (330, 6),
+    (540, 5),
+    (-180, 4),
+    (480, 4),
+    (600, 2),
+    (-600, 1),
+    (345, 1),
 ]
 _CATEGORIES = [
     # name, min unit price (cents), max unit price (cents), weight
@@ -67,8 +77,13 @@ _CATEGORIES = [
     ("toys", 800, 9000, 2),
 ]
 _CHANNELS = [("web", 55), ("app", 30), ("store", 12), ("phone", 3)]
-_ACTIONS = [("viewed", 60), ("added_to_cart", 25), ("support_contact", 8), ("signed_up", 5),
-            ("wishlisted", 2)]
+_ACTIONS = [
+    ("viewed", 60),
+    ("added_to_cart", 25),
+    ("support_contact", 8),
+    ("signed_up", 5),
+    ("wishlisted", 2),
+]
 _N_ITEMS = [(1, 60), (2, 25), (3, 10), (4, 5)]
 _QUANTITY = [(1, 80), (2, 15), (3, 5)]
 
@@ -128,11 +143,21 @@ def _catalog(rng: random.Random) -> list[dict[int, tuple[dict[str, Any], int]]]:
             if unit >= 100:
                 unit = unit // 10 * 10 + 9  # x.x9 prices
             tier = "premium" if premium else "standard"
-            skus.append({
-                q: ({"sku": f"sku-{cat[:3]}-{k}", "category": cat, "quantity": q,
-                     "unit_price": _money(unit), "tier": tier}, unit * q)
-                for q in (1, 2, 3)
-            })
+            skus.append(
+                {
+                    q: (
+                        {
+                            "sku": f"sku-{cat[:3]}-{k}",
+                            "category": cat,
+                            "quantity": q,
+                            "unit_price": _money(unit),
+                            "tier": tier,
+                        },
+                        unit * q,
+                    )
+                    for q in (1, 2, 3)
+                }
+            )
         catalog.extend(skus * weight)
     return catalog
 
@@ -229,14 +254,21 @@ def iter_events(
             else:
                 cents = max(1, int(order_cents * (0.1 + 0.8 * rand())))
             ev = {
-                "schema_version": 1, "type": "refund", "event_id": f"e-{num}",
-                "customer_id": cid, "occurred_at": occurred_at,
-                "order_id": f"o-{order_no}", "amount": _money(cents),
+                "schema_version": 1,
+                "type": "refund",
+                "event_id": f"e-{num}",
+                "customer_id": cid,
+                "occurred_at": occurred_at,
+                "order_id": f"o-{order_no}",
+                "amount": _money(cents),
             }
         elif u >= P_PURCHASE + P_REFUND:
             ev = {
-                "schema_version": 1, "type": "engagement", "event_id": f"e-{num}",
-                "customer_id": cid, "occurred_at": occurred_at,
+                "schema_version": 1,
+                "type": "engagement",
+                "event_id": f"e-{num}",
+                "customer_id": cid,
+                "occurred_at": occurred_at,
                 "action": actions[int(rand() * n_act)],
             }
         else:
@@ -251,9 +283,14 @@ def iter_events(
                 discount = subtotal * (5 + int(rand() * 21)) // 100
             amount = subtotal - discount
             ev = {
-                "schema_version": 1, "type": "purchase", "event_id": f"e-{num}",
-                "customer_id": cid, "occurred_at": occurred_at, "order_id": f"o-{num}",
-                "amount": _money(amount), "currency": "EUR",
+                "schema_version": 1,
+                "type": "purchase",
+                "event_id": f"e-{num}",
+                "customer_id": cid,
+                "occurred_at": occurred_at,
+                "order_id": f"o-{num}",
+                "amount": _money(amount),
+                "currency": "EUR",
             }
             if rand() < P_MARGIN:
                 ev["margin"] = _money(amount * (10 + int(rand() * 36)) // 100)
@@ -267,8 +304,13 @@ def iter_events(
 
 
 def create_topic(
-    bootstrap: str, topic: str, partitions: int, *, replication_factor: int = 1,
-    config: dict[str, str] | None = None, timeout: float = 30.0,
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    *,
+    replication_factor: int = 1,
+    config: dict[str, str] | None = None,
+    timeout: float = 30.0,
 ) -> bool:
     """Create `topic`; return False if it already exists (its partition count is checked)."""
     from confluent_kafka import KafkaError, KafkaException
@@ -276,9 +318,16 @@ def create_topic(
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     fut = admin.create_topics(
-        [NewTopic(topic, num_partitions=partitions, replication_factor=replication_factor,
-                  config=config or {})],
-        operation_timeout=timeout, request_timeout=timeout,
+        [
+            NewTopic(
+                topic,
+                num_partitions=partitions,
+                replication_factor=replication_factor,
+                config=config or {},
+            )
+        ],
+        operation_timeout=timeout,
+        request_timeout=timeout,
     )[topic]
     created = True
     try:
@@ -293,7 +342,8 @@ def create_topic(
         if md is not None and md.error is None and len(md.partitions) > 0:
             if len(md.partitions) != partitions:
                 raise RuntimeError(
-                    f"topic {topic} has {len(md.partitions)} partitions, wanted {partitions}")
+                    f"topic {topic} has {len(md.partitions)} partitions, wanted {partitions}"
+                )
             return created
         if time.monotonic() > deadline:
             raise TimeoutError(f"topic {topic} not visible after {timeout}s")
@@ -314,7 +364,10 @@ PRODUCER_CONFIG: dict[str, Any] = {
 
 
 def produce(
-    bootstrap: str, topic: str, events: Iterator[tuple[bytes, bytes]] | Any, *,
+    bootstrap: str,
+    topic: str,
+    events: Iterator[tuple[bytes, bytes]] | Any,
+    *,
     config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Produce (key, value) pairs to `topic`; return counts and timing. Raises if any failed."""
@@ -326,8 +379,12 @@ def produce(
         if err is not None:
             errors.append(str(err))
 
-    conf = {"bootstrap.servers": bootstrap, **PRODUCER_CONFIG, **(config or {}),
-            "on_delivery": on_error}
+    conf = {
+        "bootstrap.servers": bootstrap,
+        **PRODUCER_CONFIG,
+        **(config or {}),
+        "on_delivery": on_error,
+    }
     p = Producer(conf)
     produce_ = p.produce
     poll = p.poll
@@ -351,8 +408,12 @@ def produce(
         raise RuntimeError(f"{remaining} messages still undelivered after flush")
     if errors:
         raise RuntimeError(f"{len(errors)} deliveries failed, first: {errors[0]}")
-    return {"events": count, "bytes": nbytes, "seconds": elapsed,
-            "events_per_s": count / elapsed if elapsed else float("inf")}
+    return {
+        "events": count,
+        "bytes": nbytes,
+        "seconds": elapsed,
+        "events_per_s": count / elapsed if elapsed else float("inf"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -367,10 +428,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--now", help="anchor time, RFC 3339 (default: current time)")
     ap.add_argument("--create-topic", action="store_true")
     ap.add_argument("--compression", default="lz4", help="lz4 | none | zstd | ...")
-    ap.add_argument("--dry-run", action="store_true",
-                    help="generate only (measures the generator), print a summary")
-    ap.add_argument("--print", type=int, default=0, metavar="K",
-                    help="print the first K events to stdout and exit")
+    ap.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="generate only (measures the generator), print a summary",
+    )
+    ap.add_argument(
+        "--print",
+        type=int,
+        default=0,
+        metavar="K",
+        help="print the first K events to stdout and exit",
+    )
     args = ap.parse_args(argv)
 
     now = datetime.fromisoformat(args.now) if args.now else datetime.now(UTC)
@@ -384,25 +453,31 @@ def main(argv: list[str] | None = None) -> int:
         kinds: dict[bytes, int] = {}
         keys = set()
         for key, value in gen:
-            kind = value[28:value.index(b'"', 28)]
+            kind = value[28 : value.index(b'"', 28)]
             kinds[kind] = kinds.get(kind, 0) + 1
             keys.add(key)
         dt = time.perf_counter() - t0
         mix = {k.decode(): f"{v / max(args.events, 1):.1%}" for k, v in kinds.items()}
-        print(f"generated {args.events} events in {dt:.2f} s = {args.events / dt:,.0f} "
-              f"events/s; {len(keys)} distinct customers; mix {mix}")
+        print(
+            f"generated {args.events} events in {dt:.2f} s = {args.events / dt:,.0f} "
+            f"events/s; {len(keys)} distinct customers; mix {mix}"
+        )
         return 0
     if not args.bootstrap:
         ap.error("--bootstrap is required unless --dry-run/--print")
     if args.create_topic:
         created = create_topic(args.bootstrap, args.topic, args.partitions)
-        print(f"topic {args.topic}: {'created' if created else 'exists'}, "
-              f"{args.partitions} partitions", file=sys.stderr)
-    stats = produce(args.bootstrap, args.topic, gen,
-                    config={"compression.type": args.compression})
-    print(f"produced {stats['events']} events ({stats['bytes'] / 1e6:.0f} MB JSON) to "
-          f"{args.topic} in {stats['seconds']:.2f} s = {stats['events_per_s']:,.0f} events/s "
-          f"(generation included)")
+        print(
+            f"topic {args.topic}: {'created' if created else 'exists'}, "
+            f"{args.partitions} partitions",
+            file=sys.stderr,
+        )
+    stats = produce(args.bootstrap, args.topic, gen, config={"compression.type": args.compression})
+    print(
+        f"produced {stats['events']} events ({stats['bytes'] / 1e6:.0f} MB JSON) to "
+        f"{args.topic} in {stats['seconds']:.2f} s = {stats['events_per_s']:,.0f} events/s "
+        f"(generation included)"
+    )
     return 0
 
 

@@ -217,6 +217,7 @@ def run_latency(
                     raise TimeoutError(f"consumer never committed; see {log_path}")
                 time.sleep(0.2)
             sent = 1
+            cpu_start = common.cpu_seconds(proc.pid)
             start = time.monotonic()
             for key, value in events:
                 producer.produce(topic, value, key)
@@ -231,6 +232,8 @@ def run_latency(
                 if time.monotonic() > deadline:
                     raise TimeoutError("consumer did not catch up")
                 time.sleep(0.2)
+            cpu_end = common.cpu_seconds(proc.pid)
+            caught_up_s = time.monotonic() - start
         finally:
             committed.close()
             proc.send_signal(signal.SIGTERM)
@@ -241,6 +244,11 @@ def run_latency(
             summary = orjson.loads(line)
     summary["sent"] = sent
     summary["achieved_rate"] = (sent - 1) / (time.monotonic() - start)
+    if cpu_start is not None and cpu_end is not None:
+        # The consumer's share of a core while it kept up, and its CPU per event at that rate
+        # (small batches: far more per event than the throughput runs' large ones).
+        summary["cpu_share"] = (cpu_end - cpu_start) / caught_up_s
+        summary["cpu_us_per_event"] = (cpu_end - cpu_start) / (sent - 1) * 1e6
     return summary
 
 
@@ -333,7 +341,9 @@ def main() -> int:
             f"latency at {lat['achieved_rate']:,.0f} events/s steady ({lat['sent']:,} events): "
             f"produce -> segment written p50 {lat.get('latency_p50_ms')} ms, "
             f"p99 {lat.get('latency_p99_ms')} ms ({lat.get('latency_samples')} samples, "
-            f"{'on the customers loaded above' if results else 'on an empty store'})",
+            f"{'on the customers loaded above' if results else 'on an empty store'}); "
+            f"consumer CPU {lat.get('cpu_share', 0):.0%} of a core, "
+            f"{lat.get('cpu_us_per_event', 0):.0f} us/event",
             flush=True,
         )
         redis.Redis.from_url(redis_url).flushall()

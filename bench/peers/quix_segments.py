@@ -135,8 +135,13 @@ def update_and_classify(event: dict[str, Any], state: State) -> dict[str, Any]:
     r = score_r(None if last is None else max(0, today - last))
     f = score_f(w[0])
     m = score_m(w[1] - w[2])
-    return {"customer_id": event["customer_id"], "segment": segment_name(r, f, m),
-            "r": r, "f": f, "m": m}
+    return {
+        "customer_id": event["customer_id"],
+        "segment": segment_name(r, f, m),
+        "r": r,
+        "f": f,
+        "m": m,
+    }
 
 
 def tolerate_missing_topic_configs() -> None:
@@ -158,8 +163,9 @@ def tolerate_missing_topic_configs() -> None:
     TopicAdmin.inspect_topics = inspect_topics  # type: ignore[method-assign]
 
 
-def build_app(bootstrap: str, input_topic: str, output_topic: str, group: str,
-              state_dir: str | None) -> Application:
+def build_app(
+    bootstrap: str, input_topic: str, output_topic: str, group: str, state_dir: str | None
+) -> Application:
     app = Application(
         broker_address=bootstrap,
         consumer_group=group,

@@ -39,8 +39,9 @@ import generate  # noqa: E402
 JOB = Path(__file__).resolve().parent / "quix_segments.py"
 
 
-def run_once(bootstrap: str, topic: str, n: int, *, timeout: float, keep: bool,
-             log_dir: Path) -> dict[str, Any]:
+def run_once(
+    bootstrap: str, topic: str, n: int, *, timeout: float, keep: bool, log_dir: Path
+) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:8]
     group = f"quix-bench-{run_id}"
     out_topic = f"bench.quix.out.{run_id}"
@@ -54,9 +55,22 @@ def run_once(bootstrap: str, topic: str, n: int, *, timeout: float, keep: bool,
         with open(log_path, "wb") as log:
             t_start = time.monotonic()
             proc = subprocess.Popen(
-                [sys.executable, str(JOB), "--bootstrap", bootstrap, "--input", topic,
-                 "--output", out_topic, "--group", group, "--state-dir", str(state_dir)],
-                stdout=log, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    str(JOB),
+                    "--bootstrap",
+                    bootstrap,
+                    "--input",
+                    topic,
+                    "--output",
+                    out_topic,
+                    "--group",
+                    group,
+                    "--state-dir",
+                    str(state_dir),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
             rss = common.PeakRss(proc.pid)
             deadline = t_start + timeout
@@ -65,14 +79,16 @@ def run_once(bootstrap: str, topic: str, n: int, *, timeout: float, keep: bool,
                     raise RuntimeError(f"quix app exited with {proc.returncode}; see {log_path}")
                 if time.monotonic() > deadline:
                     raise TimeoutError(
-                        f"only {counter.count}/{n} outputs after {timeout}s; see {log_path}")
+                        f"only {counter.count}/{n} outputs after {timeout}s; see {log_path}"
+                    )
             peak_kb = rss.stop()
             cpu_s = common.cpu_seconds(proc.pid) or 0.0
         counter.stop()
         assert counter.first_at is not None and counter.done_at is not None
         span = counter.done_at - counter.first_at
         return {
-            "events": n, "outputs": counter.count,
+            "events": n,
+            "outputs": counter.count,
             "startup_s": counter.first_at - t_start,
             "seconds": span,
             "events_per_s": n / span if span > 0 else float("inf"),
@@ -104,15 +120,23 @@ def main() -> int:
     ap.add_argument("--bootstrap", help="default: $SEGMENTS_KAFKA_BOOTSTRAP")
     ap.add_argument("--tansu", action="store_true", help="use a private Tansu broker")
     ap.add_argument("--topic", default="bench.events")
-    ap.add_argument("--events", type=int, default=None,
-                    help="N: events in the input topic (default: count them by consuming)")
+    ap.add_argument(
+        "--events",
+        type=int,
+        default=None,
+        help="N: events in the input topic (default: count them by consuming)",
+    )
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=3600)
-    ap.add_argument("--keep-topics", action="store_true",
-                    help="keep each run's output and changelog topics")
+    ap.add_argument(
+        "--keep-topics", action="store_true", help="keep each run's output and changelog topics"
+    )
     ap.add_argument("--log-dir", default=None, help="where the Quix app logs go")
-    ap.add_argument("--populate", action="store_true",
-                    help="create and fill the input topic with bench/generate.py first")
+    ap.add_argument(
+        "--populate",
+        action="store_true",
+        help="create and fill the input topic with bench/generate.py first",
+    )
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--customers", type=int, default=200_000)
     ap.add_argument("--seed", type=int, default=1)
@@ -132,25 +156,42 @@ def main() -> int:
         if args.populate or args.tansu:
             n = args.events or 1_000_000
             generate.create_topic(bootstrap, args.topic, args.partitions)
-            stats = generate.produce(bootstrap, args.topic, generate.iter_events(
-                n, args.customers, args.seed, dt.datetime.now(dt.UTC)))
-            print(f"populated {args.topic}: {stats['events']} events in "
-                  f"{stats['seconds']:.1f} s = {stats['events_per_s']:,.0f} events/s",
-                  flush=True)
+            stats = generate.produce(
+                bootstrap,
+                args.topic,
+                generate.iter_events(n, args.customers, args.seed, dt.datetime.now(dt.UTC)),
+            )
+            print(
+                f"populated {args.topic}: {stats['events']} events in "
+                f"{stats['seconds']:.1f} s = {stats['events_per_s']:,.0f} events/s",
+                flush=True,
+            )
         n = args.events or common.count_records(bootstrap, args.topic)
-        print(f"broker {broker}, input {args.topic}: {n} events, "
-              f"{len(common.partitions_of(bootstrap, args.topic))} partitions; "
-              f"logs in {log_dir}", flush=True)
+        print(
+            f"broker {broker}, input {args.topic}: {n} events, "
+            f"{len(common.partitions_of(bootstrap, args.topic))} partitions; "
+            f"logs in {log_dir}",
+            flush=True,
+        )
         results = []
         for i in range(args.runs):
-            r = run_once(bootstrap, args.topic, n, timeout=args.timeout,
-                         keep=args.keep_topics, log_dir=log_dir)
+            r = run_once(
+                bootstrap,
+                args.topic,
+                n,
+                timeout=args.timeout,
+                keep=args.keep_topics,
+                log_dir=log_dir,
+            )
             results.append(r)
-            print(f"run {i + 1}/{args.runs}: quix-streams: {n} events in {r['seconds']:.1f} s "
-                  f"= {r['events_per_s']:,.0f} events/s, peak RSS {r['peak_rss_mb']:.0f} MB "
-                  f"(startup {r['startup_s']:.1f} s, wall {r['wall_s']:.1f} s, app CPU "
-                  f"{r['cpu_s']:.0f} s = {r['cpu_s'] / r['wall_s']:.2f} cores, "
-                  f"load avg {os.getloadavg()[0]:.1f})", flush=True)
+            print(
+                f"run {i + 1}/{args.runs}: quix-streams: {n} events in {r['seconds']:.1f} s "
+                f"= {r['events_per_s']:,.0f} events/s, peak RSS {r['peak_rss_mb']:.0f} MB "
+                f"(startup {r['startup_s']:.1f} s, wall {r['wall_s']:.1f} s, app CPU "
+                f"{r['cpu_s']:.0f} s = {r['cpu_s'] / r['wall_s']:.2f} cores, "
+                f"load avg {os.getloadavg()[0]:.1f})",
+                flush=True,
+            )
         if args.runs > 1:
             rate = common.median([r["events_per_s"] for r in results])
             secs = common.median([r["seconds"] for r in results])
@@ -158,8 +199,11 @@ def main() -> int:
             print(f"median of {args.runs}: ", end="")
         else:
             rate, secs, rss = (results[0][k] for k in ("events_per_s", "seconds", "peak_rss_mb"))
-        print(f"quix-streams: {n} events in {secs:.1f} s = {rate:,.0f} events/s, "
-              f"peak RSS {rss:.0f} MB", flush=True)
+        print(
+            f"quix-streams: {n} events in {secs:.1f} s = {rate:,.0f} events/s, "
+            f"peak RSS {rss:.0f} MB",
+            flush=True,
+        )
     return 0
 
 
