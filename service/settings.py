@@ -114,8 +114,8 @@ class StateSettings(BaseModel):
     customer_cache: int = Field(default=0, ge=0, le=10_000_000)
     """Decoded customers a consumer keeps in memory (least recently used out), so a customer
     it applied to before is not read back from Redis and decoded again. Off (0) by default:
-    no measurable gain on the benchmarks, more memory. (An early soak with it on lost events
-    to the partial-pipeline defect, since fixed; docs/RELIABILITY.md.)"""
+    10-20% more consumer CPU on the 1M benchmark, and no clear latency gain at a steady rate
+    on it (docs/PERFORMANCE.md). Worth trying where few customers get most events."""
     erase_tombstone_days: float = Field(default=30.0, gt=0, le=36_500)
     """An erased customer (``DELETE /v1/customers/{id}``) leaves a tombstone this long, days:
     while it lives, a late or replayed event of the customer is skipped instead of re-creating
