@@ -166,9 +166,8 @@ def decode_customer(customer_id: str, fields: Iterable[bytes], *, min_day: int) 
     """Builds the profile from a raw HGETALL (RESP2 flat list: name, value, name, value...);
     buckets older than ``min_day`` are left out of it and named in ``stale``.
 
-    The buckets take one C-level parse for all of them (:func:`_bucket_columns`); a hash
-    written before buckets were kept ``N_TOTALS`` wide (or anything unexpected in it) takes
-    the field-by-field path, with the same result."""
+    The buckets take one C-level parse for all of them (:func:`_bucket_columns`); a hash with
+    a field this version does not know takes the field-by-field path, with the same result."""
     flat = fields if isinstance(fields, list) else list(fields)
     by_name = dict(zip(flat[0::2], flat[1::2], strict=True))
     pop = by_name.pop
