@@ -352,6 +352,7 @@ async def rebuild(
         ring_size=settings.state.event_id_ring,
         fast=fast,
         cache_size=settings.state.customer_cache,
+        cache_min_buckets=settings.state.customer_cache_min_buckets,
     )
     try:
         numbers = await topic_partitions(settings, k.events_topic)

@@ -194,6 +194,7 @@ class ConsumerApp:
                 ring_size=s.state.event_id_ring,
                 fast=fast,
                 cache_size=s.state.customer_cache // len(self._locks),  # lanes share no customer
+                cache_min_buckets=s.state.customer_cache_min_buckets,
             )
             stores.append(store)
             handlers.append(

@@ -111,11 +111,15 @@ class StateSettings(BaseModel):
 
     event_id_ring: int = Field(default=8, ge=1, le=64)
     """Recent event ids remembered per customer to drop producer duplicates."""
-    customer_cache: int = Field(default=0, ge=0, le=10_000_000)
-    """Decoded customers a consumer keeps in memory (least recently used out), so a customer
-    it applied to before is not read back from Redis and decoded again. Off (0) by default:
-    10-20% more consumer CPU on the 1M benchmark, and no clear latency gain at a steady rate
-    on it (docs/PERFORMANCE.md). Worth trying where few customers get most events."""
+    customer_cache: int = Field(default=20_000, ge=0, le=10_000_000)
+    """Decoded customers a consumer process keeps in memory (least recently used out, shared
+    out among its lanes), so a customer it applied to before is not read back from Redis and
+    decoded again; 0 turns it off. Only customers with at least
+    `state.customer_cache_min_buckets` daily buckets are taken in (docs/ARCHITECTURE.md)."""
+    customer_cache_min_buckets: int = Field(default=32, ge=0, le=100_000)
+    """Daily buckets a customer needs to be taken into the customer cache: the ones costly to
+    read back, which are also the ones with the most events. 0 takes every customer (10-20%
+    more consumer CPU on the 1M benchmark, docs/PERFORMANCE.md)."""
     erase_tombstone_days: float = Field(default=30.0, gt=0, le=36_500)
     """An erased customer (``DELETE /v1/customers/{id}``) leaves a tombstone this long, days:
     while it lives, a late or replayed event of the customer is skipped instead of re-creating

@@ -93,12 +93,13 @@ class RedisProfileStore:
         ring_size: int,
         fast: RespPipeline | None = None,
         cache_size: int = 0,
+        cache_min_buckets: int = 0,
     ) -> None:
         self._redis = redis
         self._fast = fast
         """Hot-path client for a single Redis node (None: use redis-py, e.g. on a cluster)."""
         self._keys = keys
-        self._cache = _CustomerCache(cache_size) if cache_size > 0 else None
+        self._cache = _CustomerCache(cache_size, cache_min_buckets) if cache_size > 0 else None
         """Decoded customers this process applied to last (see :class:`_CustomerCache`)."""
         self._ring_size = str(ring_size)
         self.partial_applies = 0
@@ -529,8 +530,9 @@ class _CustomerCache:
     lost compare-and-set reads the customer again. Bounded: least recently used goes first.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, min_buckets: int = 0) -> None:
         self._capacity = capacity
+        self._min_buckets = min_buckets
         self._entries: dict[str, _Entry] = {}
 
     def __len__(self) -> int:
@@ -573,11 +575,18 @@ class _CustomerCache:
         return lost
 
     def keep(self, states: dict[str, CustomerState], min_day: int) -> None:
-        """Remembers every customer of a batch (most recently used last), then trims."""
+        """Remembers the customers of a batch worth it (most recently used last), then trims:
+        one cached already, or one with at least ``min_buckets`` daily buckets (reading such a
+        customer back costs the most, and a customer with many buckets is one with many
+        events: a cache of them serves most events at a small share of the memory)."""
         entries = self._entries
+        min_buckets = self._min_buckets
         for cid, state in states.items():
             entry = entries.pop(cid, None)
-            entries[cid] = _Entry(state, min_day) if entry is None else entry
+            if entry is not None:
+                entries[cid] = entry
+            elif len(state.profile.days) >= min_buckets:
+                entries[cid] = _Entry(state, min_day)
         self._trim()
 
     def refresh(self, ids: Iterable[str], states: dict[str, CustomerState], min_day: int) -> None:

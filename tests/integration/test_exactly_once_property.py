@@ -106,14 +106,16 @@ async def pipeline(make_settings):  # type: ignore[no-untyped-def]
     history=histories(),
     ring_size=st.sampled_from([1, 8]),
     cache_size=st.sampled_from([0, 1, 1000]),
+    cache_min_buckets=st.sampled_from([0, 3]),
     owners=st.lists(st.integers(0, 1), min_size=1, max_size=40),
 )
 async def test_incremental_equals_recomputed(  # type: ignore[no-untyped-def]
-    pipeline, history, ring_size, cache_size, owners
+    pipeline, history, ring_size, cache_size, cache_min_buckets, owners
 ) -> None:
     """Two consumers take turns (``owners``: which one handles each delivery), as after
     rebalances: each keeps its own customer cache (``cache_size`` 0 = none, 1 = evicting all
-    the time), so each must notice what the other applied meanwhile."""
+    the time; ``cache_min_buckets`` 3 leaves customers with fewer buckets out of it, read back
+    every time), so each must notice what the other applied meanwhile."""
     settings, redis, producer = pipeline
     events, deliveries = history
     prefix = f"{settings.redis.key_prefix}{uuid.uuid4().hex[:8]}:"
@@ -129,7 +131,12 @@ async def test_incremental_equals_recomputed(  # type: ignore[no-untyped-def]
         if fast is not None:
             clients.append(fast)
         store = RedisProfileStore(
-            redis, Keys(prefix), ring_size=ring_size, fast=fast, cache_size=cache_size
+            redis,
+            Keys(prefix),
+            ring_size=ring_size,
+            fast=fast,
+            cache_size=cache_size,
+            cache_min_buckets=cache_min_buckets,
         )
         segmenter = Segmenter(store, sink, changes_topic=settings.kafka.changes_topic, rules=rules)
         handlers.append(
