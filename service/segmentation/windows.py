@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from itertools import compress
 
-from service.segmentation.profile import MS_PER_DAY, ZERO, Profile, Totals
+from service.segmentation.profile import MS_PER_DAY, ZERO, Buckets, Profile, Totals
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_DAY = timedelta(days=1)
@@ -40,11 +41,11 @@ def day_of_ms(ms: int) -> int:
 
 def window_totals(profile: Profile, days: int, today: int) -> Totals:
     """Sum of the buckets in the ``days``-day window ending ``today``."""
-    since = today - days + 1
-    rows = [totals.as_tuple() for day, totals in profile.days.items() if day >= since]
-    if not rows:
+    buckets = Buckets.of(profile.days)
+    start = buckets.start(today - days + 1)
+    if start == len(buckets):
         return ZERO
-    return Totals(*map(sum, zip(*rows, strict=True)))
+    return Totals(*[sum(column[start:]) for column in buckets.columns])
 
 
 def recency_days(profile: Profile, today: int) -> int | None:
@@ -63,7 +64,9 @@ def tenure_days(profile: Profile, today: int) -> int | None:
 
 def purchase_days(profile: Profile, since: int) -> list[int]:
     """Ascending UTC days on or after ``since`` whose bucket holds at least one purchase."""
-    return sorted(day for day, totals in profile.days.items() if day >= since and totals.orders)
+    buckets = Buckets.of(profile.days)
+    start = buckets.start(since)
+    return list(compress(buckets.days[start:], buckets.columns[0][start:]))
 
 
 def active_periods(days: Iterable[int], today: int, window: int, period: int) -> int:
