@@ -111,11 +111,13 @@ class StateSettings(BaseModel):
 
     event_id_ring: int = Field(default=8, ge=1, le=64)
     """Recent event ids remembered per customer to drop producer duplicates."""
-    customer_cache: int = Field(default=20_000, ge=0, le=10_000_000)
+    customer_cache: int = Field(default=5_000, ge=0, le=10_000_000)
     """Decoded customers a consumer process keeps in memory (least recently used out, shared
     out among its lanes), so a customer it applied to before is not read back from Redis and
     decoded again; 0 turns it off. Only customers with at least
-    `state.customer_cache_min_buckets` daily buckets are taken in (docs/ARCHITECTURE.md)."""
+    `state.customer_cache_min_buckets` daily buckets are taken in (docs/ARCHITECTURE.md).
+    Memory: ~7 KB a customer with 32 buckets, ~67 KB with a year of them (5,000: at most
+    ~335 MB)."""
     customer_cache_min_buckets: int = Field(default=32, ge=0, le=100_000)
     """Daily buckets a customer needs to be taken into the customer cache: the ones costly to
     read back, which are also the ones with the most events. 0 takes every customer (10-20%
