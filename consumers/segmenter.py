@@ -290,13 +290,7 @@ class Segmenter:
                 if state.packed and _unchanged(state, new):
                     continue  # nothing to write (decided on the stored strings, not unpacked)
                 old = state.stored
-                if old is not None and old.fingerprint() == new.fingerprint():
-                    if (
-                        old.rules_version == new.rules_version
-                        and old.next_review_ms == new.next_review_ms
-                    ):
-                        continue  # nothing to write
-                else:
+                if old is None or old.fingerprint() != new.fingerprint():
                     change = self._change(
                         cid, old, new, seg, rules, cause=cause, now=now, trigger=trigger_for(cid)
                     )

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from datetime import datetime
-from itertools import compress
 from typing import Final
 
+from service.segmentation import windows
 from service.segmentation.profile import MONEY_SCALE, MS_PER_DAY, Buckets, Profile
 from service.segmentation.rules import CompiledRules, Rules
 from service.segmentation.types import Level, Lifecycle, Loyalty, Needs, Segmentation, ValueTier
@@ -54,9 +54,7 @@ def classify(profile: Profile, rules: Rules, *, now: datetime) -> Segmentation:
     # The windows are suffixes of the buckets in day order: their sums are sums of column
     # slices, and the purchase days that can matter one compress (Buckets).
     buckets = Buckets.of(profile.days)
-    days = buckets.days
-    start = buckets.start(today - c.lookback + 1)
-    purchase_days = list(compress(days[start:], buckets.columns[0][start:]))
+    purchase_days = windows.purchase_days(profile, today - c.lookback + 1)
     sums = [_window_sums(buckets, buckets.start(today - window + 1)) for window in c.class_windows]
     for window, window_sums in zip(c.class_windows, sums, strict=True):
         window_oldest = window_sums[_OLDEST]
@@ -155,21 +153,10 @@ def classify(profile: Profile, rules: Rules, *, now: datetime) -> Segmentation:
 
 def _window_sums(buckets: Buckets, start: int) -> _WindowSums:
     """Sums of the buckets from index ``start`` on, and the day of the first of them."""
-    days = buckets.days
-    if start >= len(days):
+    if start >= len(buckets):
         return 0, 0, 0, 0, 0, 0, 0, None
-    orders, spend, _, refunded, margin, discounted, premium, _, support = buckets.columns
-    if start:
-        return (
-            sum(orders[start:]),
-            sum(spend[start:]),
-            sum(refunded[start:]),
-            sum(margin[start:]),
-            sum(discounted[start:]),
-            sum(premium[start:]),
-            sum(support[start:]),
-            days[start],
-        )
+    columns = buckets.tail(start).columns
+    orders, spend, _, refunded, margin, discounted, premium, _, support = columns
     return (
         sum(orders),
         sum(spend),
@@ -178,7 +165,7 @@ def _window_sums(buckets: Buckets, start: int) -> _WindowSums:
         sum(discounted),
         sum(premium),
         sum(support),
-        days[0],
+        buckets.days[start],
     )
 
 
