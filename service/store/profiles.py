@@ -33,9 +33,6 @@ _KIND_CODE = {"purchase": "p", "refund": "r", "engagement": "e"}
 APPLIED, SKIPPED_OFFSET, SKIPPED_DUPLICATE, ERASED = 1, 0, 2, 3
 """Outcomes of apply.lua. ``ERASED``: skipped, the customer was erased and its tombstone still
 lives (:mod:`service.store.erase`); the event must not re-create it."""
-OUT_OF_ORDER = -1
-"""apply.lua's reply when the customer's previous event of the pipeline did not run (a pipeline
-that ran only in part): nothing changed, the whole pipeline is sent again."""
 _NOT_RUN = -2
 """A call Redis refused (NOSCRIPT): sent again with the whole pipeline."""
 _APPLY_ROUNDS = 3
@@ -106,7 +103,8 @@ class RedisProfileStore:
         """Apply pipelines that ran in part and were sent again (see :meth:`_apply_read`)."""
         self._apply = LuaScript.named("apply")
         self._write = LuaScript.named("write_segment")
-        self._apply_prefix = f"*7\r\n$7\r\nEVALSHA\r\n$40\r\n{self._apply.sha}\r\n$1\r\n1\r\n"
+        self._apply_prefix = f"\r\n$7\r\nEVALSHA\r\n$40\r\n{self._apply.sha}\r\n$1\r\n1\r\n"
+        """An apply call after its ``*<count>`` (the count depends on the customer's events)."""
         self._write_prefix = f"*15\r\n$7\r\nEVALSHA\r\n$40\r\n{self._write.sha}\r\n$1\r\n5\r\n"
 
     @property
@@ -155,26 +153,30 @@ class RedisProfileStore:
     async def _apply_read(
         self, requests: Sequence[ApplyRequest], skip_read: Collection[str], *, min_day: int
     ) -> tuple[list[int], dict[str, CustomerState]]:
-        """One pipeline: every apply (replies as the script gives them), then a read-back of
-        every touched customer not in ``skip_read``.
+        """One pipeline: one apply call per customer with all its events (replies per event, as
+        the script gives them), then a read-back of every touched customer not in
+        ``skip_read``.
 
         A pipeline can run in part: a Redis that lost its scripts answers NOSCRIPT to the first
-        calls, and if another client loads the script meanwhile, the later calls run. A later
-        event of a customer must then not run before an earlier refused one (its watermark
-        would fence the earlier one out for good): the script refuses it
-        (:data:`OUT_OF_ORDER`) and the whole pipeline is sent again, idempotent and in order.
-        An event applied by any send counts as applied; the read-back is the last send's.
+        calls, and if another client loads the script meanwhile, the later calls run. A
+        customer's events are all in one call, so a customer is applied whole or not at all;
+        but a read-back taken before its apply ran would show the customer without its events,
+        so the whole pipeline is sent again, idempotent. An event applied by any send counts as
+        applied; the read-back is the last send's.
         """
-        heads = _apply_heads(requests, f"{min_day} {self._ring_size}")
+        calls = _apply_calls(requests)
+        tail = f"{min_day} {self._ring_size}"
         applied_before: set[int] = set()
         for _ in range(_APPLY_ROUNDS):
-            tagged, states = await self._apply_send(requests, heads, skip_read, min_day=min_day)
+            tagged, states = await self._apply_send(
+                requests, calls, tail, skip_read, min_day=min_day
+            )
             if min(tagged, default=0) >= 0:
                 for i in applied_before:
                     if tagged[i] & 3 == SKIPPED_OFFSET:
                         tagged[i] |= APPLIED  # applied by an earlier send (same revision)
                 return tagged, states
-            if OUT_OF_ORDER in tagged:
+            if max(tagged) >= 0:
                 self.partial_applies += 1
                 log.warning(
                     "apply pipeline ran in part; sending it again",
@@ -186,46 +188,50 @@ class RedisProfileStore:
     async def _apply_send(
         self,
         requests: Sequence[ApplyRequest],
-        heads: list[str],
+        calls: dict[str, list[int]],
+        tail: str,
         skip_read: Collection[str],
         *,
         min_day: int,
     ) -> tuple[list[int], dict[str, CustomerState]]:
-        """One send of the apply pipeline; a call that did not run replies :data:`_NOT_RUN`
-        (NOSCRIPT) or :data:`OUT_OF_ORDER` (refused by the script)."""
-        touched: dict[str, str] = {}
-        read_back: dict[str, str] = {}
-        n = len(requests)
+        """One send of the apply pipeline; an event whose call did not run (NOSCRIPT) replies
+        :data:`_NOT_RUN`."""
+        read_back = [cid for cid in calls if cid not in skip_read]
+        keys = {cid: self._keys.customer(cid) for cid in calls}
+        n = len(calls)
         if self._fast is not None:
             # RESP written directly, one string per command: the generic packer's per-argument
             # type dispatch costs more than the script takes to run. Every argument but the
             # event hash is ASCII (ids are of a safe alphabet), so characters count bytes.
             prefix = self._apply_prefix
+            tail_bulk = f"${len(tail)}\r\n{tail}\r\n"
             chunks: list[bytes] = []
             add_chunk = chunks.append
-            for r, head in zip(requests, heads, strict=True):
-                arg = touched.get(r.customer_id)
-                if arg is None:
-                    key = self._keys.customer(r.customer_id)
-                    arg = touched[r.customer_id] = f"{prefix}${len(key)}\r\n{key}\r\n"
-                    if r.customer_id not in skip_read:
-                        read_back[r.customer_id] = arg
-                totals = encode_totals(r.delta.totals)
-                h = r.event_hash
+            for cid, indexes in calls.items():
+                key = keys[cid]
                 add_chunk(
-                    f"{arg}${len(head)}\r\n{head}\r\n${len(totals)}\r\n{totals}\r\n"
-                    f"${len(h)}\r\n".encode()
+                    f"*{5 + 3 * len(indexes)}{prefix}${len(key)}\r\n{key}\r\n{tail_bulk}".encode()
                 )
-                add_chunk(h)
-                add_chunk(b"\r\n")
-            for arg in read_back.values():
-                add_chunk(b"*2\r\n$7\r\nHGETALL\r\n" + arg[len(prefix) :].encode())
+                for i in indexes:
+                    r = requests[i]
+                    d = r.delta
+                    head = f"{r.partition} {r.offset} {_KIND_CODE[d.kind]} {d.day} {d.occurred_ms}"
+                    totals = encode_totals(d.totals)
+                    h = r.event_hash
+                    add_chunk(
+                        f"${len(head)}\r\n{head}\r\n${len(totals)}\r\n{totals}\r\n${len(h)}\r\n".encode()
+                    )
+                    add_chunk(h)
+                    add_chunk(b"\r\n")
+            for cid in read_back:
+                key = keys[cid]
+                add_chunk(f"*2\r\n$7\r\nHGETALL\r\n${len(key)}\r\n{key}\r\n".encode())
             results = await self._fast.execute_packed(b"".join(chunks), n + len(read_back))
             refused = False
             for i, reply in enumerate(results):
                 if isinstance(reply, hiredis.ReplyError):
                     if i < n and str(reply).startswith("NOSCRIPT"):
-                        results[i] = _NOT_RUN  # sent again with the rest
+                        results[i] = None  # sent again with the rest
                         refused = True
                     else:
                         raise_for_errors([reply])
@@ -233,37 +239,40 @@ class RedisProfileStore:
                 await self._apply.load(self._redis)
         else:
             sha = self._apply.sha
-            commands: list[Command] = []
-            add = commands.append
-            for r, head in zip(requests, heads, strict=True):
-                known = touched.get(r.customer_id)
-                key = known or self._keys.customer(r.customer_id)
-                if known is None:
-                    touched[r.customer_id] = key
-                    if r.customer_id not in skip_read:
-                        read_back[r.customer_id] = key
-                add(("EVALSHA", sha, 1, key, head, encode_totals(r.delta.totals), r.event_hash))
-            for key in read_back.values():
-                add(("HGETALL", key))
+            batch = ScriptBatch(self._redis)
+            for cid, indexes in calls.items():
+                args: list[str | bytes | int] = ["EVALSHA", sha, 1, keys[cid], tail]
+                for i in indexes:
+                    r = requests[i]
+                    d = r.delta
+                    args += (
+                        f"{r.partition} {r.offset} {_KIND_CODE[d.kind]} {d.day} {d.occurred_ms}",
+                        encode_totals(d.totals),
+                        r.event_hash,
+                    )
+                batch.command(*args)
+            for cid in read_back:
+                batch.command("HGETALL", keys[cid])
             # Sent once, like the RESP path above (not ScriptBatch.execute, which resends only
             # the refused calls): an apply refused with NOSCRIPT sends the whole pipeline again,
             # read-backs included, or a read-back taken before that apply ran would show the
-            # customer without its event (a segmentation and change never made for it).
-            batch = ScriptBatch(self._redis)
-            for cmd in commands:
-                batch.command(*cmd)
+            # customer without its events (a segmentation and change never made for it).
             batch.uses(self._apply)
             results = await batch.execute_once()
             for i, reply in enumerate(results[:n]):
                 if isinstance(reply, NoScriptError):
-                    results[i] = _NOT_RUN  # sent again with the rest
+                    results[i] = None  # sent again with the rest
 
-        outcomes = [int(x) for x in results[:n]]
+        tagged = [_NOT_RUN] * len(requests)
+        for indexes, replies in zip(calls.values(), results[:n], strict=True):
+            if replies is not None:
+                for i, x in zip(indexes, replies, strict=True):
+                    tagged[i] = int(x)
         states = {
             cid: decode_customer(cid, _as_flat(fields), min_day=min_day)
             for cid, fields in zip(read_back, results[n:], strict=True)
         }
-        return outcomes, states
+        return tagged, states
 
     async def read(self, customer_ids: Sequence[str], *, min_day: int) -> dict[str, CustomerState]:
         ids = list(dict.fromkeys(customer_ids))
@@ -404,27 +413,16 @@ class RedisProfileStore:
             await self._fast.aclose()
 
 
-def _apply_heads(requests: Sequence[ApplyRequest], tail: str) -> list[str]:
-    """The apply script's ARGV[1] of every request (see apply.lua), each naming the offset of
-    its customer's previous event in the pipeline. A customer whose events come from more than
-    one partition here (a producer keying by something else) gets no such guard: its watermark
-    moves between partitions, so the order check could never pass."""
-    partition_of: dict[str, int] = {}
-    mixed: set[str] = set()
-    for r in requests:
-        if partition_of.setdefault(r.customer_id, r.partition) != r.partition:
-            mixed.add(r.customer_id)
-    before: dict[str, int] = {}
-    heads = []
-    for r in requests:
-        cid = r.customer_id
-        prev = -1 if cid in mixed else before.get(cid, -1)
-        before[cid] = r.offset
-        d = r.delta
-        heads.append(
-            f"{r.partition} {r.offset} {prev} {_KIND_CODE[d.kind]} {d.day} {d.occurred_ms} {tail}"
-        )
-    return heads
+def _apply_calls(requests: Sequence[ApplyRequest]) -> dict[str, list[int]]:
+    """The indexes of each customer's events, in order: one apply call each (see apply.lua)."""
+    calls: dict[str, list[int]] = {}
+    for i, r in enumerate(requests):
+        indexes = calls.get(r.customer_id)
+        if indexes is None:
+            calls[r.customer_id] = [i]
+        else:
+            indexes.append(i)
+    return calls
 
 
 def _bulks(*args: str) -> str:

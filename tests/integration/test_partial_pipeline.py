@@ -2,14 +2,14 @@
 
 A Redis that lost its scripts (restart, failover, ``SCRIPT FLUSH``) answers NOSCRIPT. If
 another client loads the script while one of our pipelines is running (another lane, another
-consumer), the pipeline's first calls are refused and its later calls run. A later event of a
-customer that ran before an earlier refused one would have moved the watermark past it, and
-the resend would have skipped it for good: found by ``test_consumer_faults`` after a frozen
-Redis, where the lanes raced to load the script. Here that partial run is made to happen
-deterministically, on the consumer's RESP client and on redis-py (single node or cluster):
-the script refuses the later events (out of order), the store sends the whole pipeline again,
-and every profile equals the ground truth. With the order check taken out of ``apply.lua``,
-these tests fail (events skipped as already seen).
+consumer), the pipeline's first calls are refused and its later calls run. Had a customer's
+later event run before an earlier refused one, the watermark would have moved past the earlier
+one and the resend would have skipped it for good: found by ``test_consumer_faults`` after a
+frozen Redis, where the lanes raced to load the script. The store sends each customer's events
+of a pipeline in one call, so a customer is applied whole or not at all, and sends the whole
+pipeline again (the read-backs must follow the applies). Here that partial run is made to
+happen deterministically, on the consumer's RESP client and on redis-py (single node or
+cluster), and every profile equals the ground truth.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ from service.settings import ValidationSettings
 from service.store.keys import Keys
 from service.store.profiles import (
     APPLIED,
-    OUT_OF_ORDER,
+    ERASED,
+    SKIPPED_DUPLICATE,
+    SKIPPED_OFFSET,
     ApplyRequest,
     RedisProfileStore,
 )
@@ -49,7 +51,7 @@ APPLY = LuaScript.named("apply")
 
 def _history() -> list[dict[str, Any]]:
     """Customers' events interleaved in one partition, in no time order; c-3's come only after
-    the first 15 (so they run in the partial send)."""
+    the first 15."""
     events = []
     for i in range(30):
         cid = f"c-{i % 3}" if i < 15 else f"c-{i % 4}"
@@ -135,7 +137,7 @@ async def test_resp_pipeline_refused_in_part_is_sent_again_whole(tmp_path: Path)
     try:
         url = f"redis://{info['host']}:{info['port']}/0"
         redis = create_redis(redis_settings(url).model_copy(update={"cluster": False}))
-        fast = ReloadedMidway(url, refused=10)
+        fast = ReloadedMidway(url, refused=2)  # c-0's and c-1's calls
         store = RedisProfileStore(redis, Keys("pp:"), ring_size=8, fast=fast)
         events = _history()
         outcomes, states = await store.apply(_requests(events), min_day=MIN_DAY)
@@ -167,9 +169,9 @@ async def test_script_batch_refused_in_part_is_sent_again_whole(
             return await send(self, commands)
         staged.append(len(commands))
         await redis.script_flush()
-        head = await send(self, commands[:10])
+        head = await send(self, commands[:2])  # c-0's and c-1's calls
         await APPLY.load(redis)
-        return head + await send(self, commands[10:])
+        return head + await send(self, commands[2:])
 
     monkeypatch.setattr(ScriptBatch, "_send", partial_once)
     store = RedisProfileStore(redis, Keys(f"pp{uuid.uuid4().hex[:8]}:"), ring_size=8)
@@ -183,20 +185,34 @@ async def test_script_batch_refused_in_part_is_sent_again_whole(
     await redis.aclose()
 
 
-async def test_apply_refuses_an_event_whose_predecessor_did_not_run(redis_url: str) -> None:
+async def test_one_call_applies_a_customers_events_in_order(redis_url: str) -> None:
+    """apply.lua's reply per event: the revision it found and the outcome, event by event,
+    within one call (a duplicate of an event earlier in the same call is caught; a replay of
+    the call changes nothing; an erased customer's events are all skipped)."""
     redis = create_redis(redis_settings(redis_url))
     key = Keys(f"pp{uuid.uuid4().hex[:8]}:").customer("c-1")
     (request,) = _requests([purchase("c-1", "e-1", NOW, "5.00")])
-    hash_ = request.event_hash  # made distinct per offset below
+    d = request.delta
 
-    def call(offset: int, before: int) -> Any:
-        head = f"3 {offset} {before} p {request.delta.day} {request.delta.occurred_ms} {MIN_DAY} 8"
-        return APPLY(redis, [key], [head, "1,50000", hash_[:7] + bytes([offset])])
+    def event(offset: int, hash_: bytes) -> list[Any]:
+        return [f"3 {offset} p {d.day} {d.occurred_ms}", "1,50000", hash_]
 
-    assert await call(14, 13) == OUT_OF_ORDER  # offset 13 never ran
-    assert await redis.exists(key) == 0  # and nothing was written
-    assert await call(13, -1) == APPLIED
-    assert await call(14, 13) == 4 * 1 + APPLIED  # revision 1 before it
+    a, b = request.event_hash, request.event_hash[:7] + b"\xff"
+    calls = [*event(13, a), *event(14, a), *event(15, b), *event(12, b)]
+    tail = f"{MIN_DAY} 8"
+    assert await APPLY(redis, [key], [tail, *calls]) == [
+        4 * 0 + APPLIED,
+        4 * 1 + SKIPPED_DUPLICATE,  # same event id at a new offset
+        4 * 1 + APPLIED,
+        4 * 2 + SKIPPED_OFFSET,  # below the watermark
+    ]
+    assert await redis.hget(key, "w") == b"3:15"
+    assert await redis.hget(key, "L") == b"2,100000"
+    assert await APPLY(redis, [key], [tail, *calls]) == [4 * 2 + SKIPPED_OFFSET] * 4
+    await redis.delete(key)
+    await redis.hset(key, "x", "1")  # an erase tombstone
+    assert await APPLY(redis, [key], [tail, *event(20, a), *event(21, b)]) == [ERASED] * 2
+    assert await redis.hgetall(key) == {b"x": b"1"}
     await redis.aclose()
 
 
