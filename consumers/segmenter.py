@@ -175,16 +175,17 @@ def change_id(customer_id: str, cause: Cause, trigger: str, before: str, after: 
     return hashlib.sha256(material).hexdigest()[:32]
 
 
-def _fingerprint_text(s: StoredSegmentation) -> str:
-    """The fingerprint as a stable string (segment, axes codes, treatment, RFM segment)."""
-    return f"{pack_segmentation(s)[0]}|{s.axes.rfm_segment}"
+def _fingerprint_text(s: StoredSegmentation, g: str | None = None) -> str:
+    """The fingerprint as a stable string (segment, axes codes, treatment, RFM segment);
+    ``g``: the packed ``g`` field of ``s``, when known."""
+    return f"{pack_segmentation(s)[0] if g is None else g}|{s.axes.rfm_segment}"
 
 
-def _unchanged(state: CustomerState, new: StoredSegmentation) -> bool:
-    """Whether ``new`` is what ``state`` holds in everything a write would change: segment,
-    axes and treatment (``g`` and the RFM segment), rules version and next review (``m`` but
-    for its as-of time). Same answer as comparing the unpacked segmentations, cheaper."""
-    g, m = pack_segmentation(new)
+def _unchanged(state: CustomerState, g: str, m: str) -> bool:
+    """Whether the segmentation packed as ``g``, ``m`` is what ``state`` holds in everything a write
+    would change: segment, axes and treatment (``g`` and the RFM segment), rules version and
+    next review (``m`` but for its as-of time). Same answer as comparing the unpacked
+    segmentations, cheaper."""
     if g != state.packed:
         return False
     version, _, next_review, rfm_segment = m.split("|")
@@ -287,12 +288,21 @@ class Segmenter:
                     continue
                 seg = classify(state.profile, rules, now=now)
                 new = _stored_from(seg)
-                if state.packed and _unchanged(state, new):
+                packed = pack_segmentation(new)
+                if state.packed and _unchanged(state, *packed):
                     continue  # nothing to write (decided on the stored strings, not unpacked)
                 old = state.stored
                 if old is None or old.fingerprint() != new.fingerprint():
                     change = self._change(
-                        cid, old, new, seg, rules, cause=cause, now=now, trigger=trigger_for(cid)
+                        cid,
+                        old,
+                        new,
+                        seg,
+                        rules,
+                        cause=cause,
+                        now=now,
+                        trigger=trigger_for(cid),
+                        new_g=packed[0],
                     )
                     emitted.append(change)
                     records.append((cid.encode(), orjson.dumps(change)))
@@ -303,6 +313,7 @@ class Segmenter:
                         expected_packed=state.packed,
                         old_segment=None if old is None else old.segment,
                         new=new,
+                        new_packed=packed,
                     )
                 )
             if records:
@@ -334,9 +345,10 @@ class Segmenter:
         cause: Cause,
         now: datetime,
         trigger: Trigger | None,
+        new_g: str | None = None,
     ) -> dict[str, object]:
         before = "" if old is None else _fingerprint_text(old)
-        after = _fingerprint_text(new)
+        after = _fingerprint_text(new, new_g)
         trigger_key = "" if trigger is None else trigger.identity()
         return {
             "schema_version": 1,

@@ -16,6 +16,7 @@ small hash of short fields:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -115,13 +116,12 @@ def pack_segmentation(s: StoredSegmentation) -> tuple[str, str]:
     return g, m
 
 
-def unpack_segmentation(g: bytes | str, m: bytes | str) -> StoredSegmentation:
-    g_text = g.decode() if isinstance(g, bytes) else g
-    m_text = m.decode() if isinstance(m, bytes) else m
-    segment, code, treatment_id = g_text.split("|")
-    rules_version, as_of_ms, next_review_ms, rfm_segment = m_text.split("|")
+@functools.lru_cache(maxsize=4096)
+def _axes(code: str, rfm_segment: str) -> Axes:
+    """The axes packed as ``code`` (a few hundred combinations are common: memoised, the
+    objects are immutable)."""
     lifecycle, value, loyalty, needs, level = _BACK
-    axes = Axes(
+    return Axes(
         lifecycle=lifecycle[code[0]],  # type: ignore[arg-type]
         value_tier=value[code[1]],  # type: ignore[arg-type]
         loyalty=loyalty[code[2]],  # type: ignore[arg-type]
@@ -133,6 +133,14 @@ def unpack_segmentation(g: bytes | str, m: bytes | str) -> StoredSegmentation:
         aov=level[code[9]],  # type: ignore[arg-type]
         profit=level[code[10]],  # type: ignore[arg-type]
     )
+
+
+def unpack_segmentation(g: bytes | str, m: bytes | str) -> StoredSegmentation:
+    g_text = g.decode() if isinstance(g, bytes) else g
+    m_text = m.decode() if isinstance(m, bytes) else m
+    segment, code, treatment_id = g_text.split("|")
+    rules_version, as_of_ms, next_review_ms, rfm_segment = m_text.split("|")
+    axes = _axes(code, rfm_segment)
     return StoredSegmentation(
         segment=segment,
         axes=axes,
@@ -246,7 +254,10 @@ def _bucket_rows(buckets: dict[bytes, bytes]) -> dict[int, Totals]:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+@functools.lru_cache(maxsize=4096)
 def epoch_ms(instant: datetime) -> int:
+    # Memoised: the consumer converts the same few instants (a batch's ``now``, day starts)
+    # for every customer it classifies.
     return (instant - _EPOCH) // timedelta(milliseconds=1)
 
 

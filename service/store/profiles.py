@@ -63,6 +63,11 @@ class SegmentWrite:
     expected_packed: str
     old_segment: str | None
     new: StoredSegmentation
+    new_packed: tuple[str, str] | None = None
+    """``pack_segmentation(new)`` when the caller has it already (the segmenter does)."""
+
+    def packed(self) -> tuple[str, str]:
+        return pack_segmentation(self.new) if self.new_packed is None else self.new_packed
 
 
 class ProfileStore(Protocol):
@@ -308,7 +313,7 @@ class RedisProfileStore:
                 tag = k.tag(shard_of(cid))
                 new_segment = w.new.segment
                 old_segment = w.old_segment or ""
-                g, m = pack_segmentation(w.new)
+                g, m = w.packed()
                 nxt = "" if w.new.next_review_ms is None else str(w.new.next_review_ms)
                 add_chunk(
                     prefix
@@ -348,7 +353,7 @@ class RedisProfileStore:
                     k.due(shard),
                     w.expected_revision,
                     w.expected_packed,
-                    "\n".join(pack_segmentation(w.new)),
+                    "\n".join(w.packed()),
                     old_segment,
                     new_segment,
                     "" if w.new.next_review_ms is None else str(w.new.next_review_ms),
@@ -604,7 +609,7 @@ class _CustomerCache:
             if entry is None:
                 continue
             if done and str(entry.revision) == w.expected_revision:
-                entry.packed, entry.meta = pack_segmentation(w.new)
+                entry.packed, entry.meta = w.packed()
                 entry.revision += 1  # write_segment.lua moves it on
             else:
                 del entries[w.customer_id]

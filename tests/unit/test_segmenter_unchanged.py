@@ -52,5 +52,5 @@ def test_unchanged_on_strings_equals_unchanged_unpacked(
         and old.rules_version == new.rules_version
         and old.next_review_ms == new.next_review_ms
     )
-    assert _unchanged(state, new) == expected
-    assert _unchanged(state, replace(old, as_of_ms=old.as_of_ms + 1))  # as-of alone: no write
+    assert _unchanged(state, *pack_segmentation(new)) == expected
+    assert _unchanged(state, *pack_segmentation(replace(old, as_of_ms=old.as_of_ms + 1)))  # as-of alone: no write
