@@ -248,7 +248,8 @@ class ConsumerApp:
             else None
         )
         figures = PipelineFigures(redis, self._stats_keys)
-        figures_writer = asyncio.create_task(figures.run())
+        figures_stop = asyncio.Event()
+        figures_writer = asyncio.create_task(figures.run(figures_stop))
         lanes = [
             asyncio.create_task(self._lane(i, consumer, h, figures)) for i, h in enumerate(handlers)
         ]
@@ -268,8 +269,8 @@ class ConsumerApp:
             for lane in lanes:
                 lane.cancel()
             await asyncio.gather(*lanes, return_exceptions=True)
-            figures_writer.cancel()
-            await asyncio.gather(figures_writer, return_exceptions=True)
+            figures_stop.set()
+            await asyncio.wait([figures_writer], timeout=10)  # a flush in progress finishes
             await figures.flush()
             sweep_stopping.set()
             if sweeper is not None:

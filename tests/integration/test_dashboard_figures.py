@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -97,3 +98,30 @@ async def test_segment_kpis_sum_net_spend_of_the_last_30_days(
         assert float(rows[segment].net_spend_30d) == spend
         assert rows[segment].members >= 1
     assert sum(r.members for r in kpis.segments) == 2
+
+
+async def test_figures_writer_flushes_on_its_interval_and_ends_on_its_event(
+    redis_url: str,
+) -> None:
+    # The consumer ends the writer with an event, not a cancellation (a cancelled writer was
+    # once found still waiting in its sleep, and the consumer never exited after SIGTERM).
+    settings = api_settings(redis_url, keys=[])
+    redis = create_redis(settings.redis)
+    try:
+        figures = PipelineFigures(redis, Keys(f"fw{NOW_UTC.microsecond}:"))
+        stop = asyncio.Event()
+        writer = asyncio.create_task(figures.run(stop, interval_s=0.05))
+        figures.add(Batch(10, 10), at=NOW_UTC)
+        for _ in range(100):
+            if not figures.pending_minutes:
+                break
+            await asyncio.sleep(0.02)
+        assert figures.pending_minutes == 0  # written by the writer, on its own
+        figures.add(Batch(5, 5), at=NOW_UTC)
+        stop.set()
+        await asyncio.wait_for(writer, timeout=1)  # ends by itself, within its interval
+        assert not writer.cancelled()
+        await figures.flush()  # the owner's final flush
+        assert figures.pending_minutes == 0
+    finally:
+        await redis.aclose()

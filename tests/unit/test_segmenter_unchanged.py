@@ -53,4 +53,5 @@ def test_unchanged_on_strings_equals_unchanged_unpacked(
         and old.next_review_ms == new.next_review_ms
     )
     assert _unchanged(state, *pack_segmentation(new)) == expected
-    assert _unchanged(state, *pack_segmentation(replace(old, as_of_ms=old.as_of_ms + 1)))  # as-of alone: no write
+    as_of_only = replace(old, as_of_ms=old.as_of_ms + 1)
+    assert _unchanged(state, *pack_segmentation(as_of_only))  # as-of alone: no write
