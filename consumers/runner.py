@@ -41,9 +41,9 @@ from service.rules_runtime import RulesWatcher
 from service.segmentation.rules import Rules, load_rules
 from service.settings import Settings
 from service.store.keys import Keys
+from service.store.multiplex import MultiplexedRedis
 from service.store.profiles import RedisProfileStore
 from service.store.redis_client import create_redis
-from service.store.resp import RespPipeline
 
 log = logging.getLogger(__name__)
 
@@ -182,12 +182,18 @@ class ConsumerApp:
         rules = lambda: self.rules  # noqa: E731 - swapped at run time by the rules watcher
         stores = []
         handlers = []
+        # The lanes' hot-path round trips share one connection (single node; a cluster keeps
+        # redis-py's cluster client): Redis then runs the lanes' pipelines one after the other
+        # in the order sent, where with a connection per lane it interleaved them and every
+        # lane got its replies at about the same time, the last; the consumer sat idle
+        # meanwhile. Measured on the 1M benchmark: ~22,100 -> ~23,300 events/s (docs/
+        # PERFORMANCE.md).
+        fast = (
+            None
+            if s.redis.cluster
+            else MultiplexedRedis(s.redis.url, timeout_s=s.redis.socket_timeout_s)
+        )
         for _ in self._locks:
-            fast = (
-                None
-                if s.redis.cluster
-                else RespPipeline(s.redis.url, timeout_s=s.redis.socket_timeout_s)
-            )
             store = RedisProfileStore(
                 redis,
                 Keys(s.redis.key_prefix),
@@ -280,7 +286,7 @@ class ConsumerApp:
             await consumer.stop()  # leaves the group
             await producer.stop()
             for store in stores:
-                await store.aclose()
+                await store.aclose()  # the shared connection: closed by the first
             await redis.aclose()
             summary = {"records": self.totals.records, **self.latency_summary()}
             log.info("consumer stopped", extra=summary)

@@ -1,4 +1,5 @@
-"""One Redis connection shared by every concurrent request of an API worker, auto-pipelined.
+"""One Redis connection shared by every concurrent request of an API worker, auto-pipelined
+(and by the lanes of a consumer, whose pipelines Redis then runs whole, in the order sent).
 
 The API answers many small requests at once, each needing one round trip. A connection pool
 (redis-py) sends each command with its own system call and parses each reply on its own;
@@ -84,25 +85,32 @@ class MultiplexedRedis:
         """Replies to ``commands`` (sent together, in order); an error reply raises."""
         if not commands:
             return []
+        replies = await self.execute_packed(pack(commands), len(commands))
+        for reply in replies:
+            if isinstance(reply, hiredis.ReplyError):
+                raise ResponseError(str(reply))
+        return replies
+
+    async def execute_packed(self, payload: bytes, count: int) -> list[Any]:
+        """Replies to ``count`` commands already in RESP (:func:`pack`), sent together, in
+        order; error replies are returned, not raised (as :class:`RespPipeline` does)."""
+        if not count:
+            return []
         protocol = self._protocol or await self._connect()
         loop = asyncio.get_running_loop()
-        group = _Group(len(commands), loop.create_future())
+        group = _Group(count, loop.create_future())
         self._waiting.append(group)
-        self._outgoing.append(pack(commands))
+        self._outgoing.append(payload)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush, protocol)
         try:
-            replies = await asyncio.wait_for(group.future, self._timeout)
+            return await asyncio.wait_for(group.future, self._timeout)
         except TimeoutError:
             self._fail(
                 RedisTimeoutError(f"no reply from {self._host}:{self._port} in {self._timeout}s")
             )
             raise RedisTimeoutError(f"no reply from Redis in {self._timeout}s") from None
-        for reply in replies:
-            if isinstance(reply, hiredis.ReplyError):
-                raise ResponseError(str(reply))
-        return replies
 
     def _flush(self, protocol: _Protocol) -> None:
         self._flush_scheduled = False

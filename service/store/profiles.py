@@ -23,7 +23,7 @@ from service.store.packing import (
     pack_segmentation,
 )
 from service.store.redis_client import AnyRedis
-from service.store.resp import Command, RespPipeline, raise_for_errors
+from service.store.resp import Command, PackedPipeline, pack, raise_for_errors
 from service.store.scripts import LuaScript, ScriptBatch
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class RedisProfileStore:
         keys: Keys,
         *,
         ring_size: int,
-        fast: RespPipeline | None = None,
+        fast: PackedPipeline | None = None,
         cache_size: int = 0,
         cache_min_buckets: int = 0,
     ) -> None:
@@ -409,7 +409,7 @@ class RedisProfileStore:
 
     async def _execute(self, commands: list[Command]) -> list[Any]:
         assert self._fast is not None
-        replies = await self._fast.execute(commands)
+        replies = await self._fast.execute_packed(pack(commands), len(commands))
         raise_for_errors(replies)
         return replies
 

@@ -13,7 +13,7 @@ import contextlib
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import hiredis
 from redis.asyncio.connection import SSLConnection, parse_url
@@ -23,6 +23,16 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Arg = bytes | str | int
 Command = Sequence[Arg]
+
+
+class PackedPipeline(Protocol):
+    """What the consumer's store needs of a hot-path client: :class:`RespPipeline` (one
+    connection per user) or :class:`service.store.multiplex.MultiplexedRedis` (one shared)."""
+
+    async def execute_packed(self, payload: bytes, count: int) -> list[Any]:
+        """Replies to ``count`` commands in RESP, in order, error replies included."""
+
+    async def aclose(self) -> None: ...
 
 
 def pack(commands: Sequence[Command]) -> bytes:

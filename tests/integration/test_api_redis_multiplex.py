@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import hiredis
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -14,6 +15,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.store.multiplex import MultiplexedRedis
+from service.store.resp import pack
 
 pytestmark = pytest.mark.integration
 
@@ -96,3 +98,28 @@ async def test_unreachable_and_silent_servers() -> None:
     finally:
         await client.aclose()
         server.close()
+
+
+async def test_packed_pipelines_run_whole_in_the_order_sent(single_redis_url: str) -> None:
+    """The consumer's lanes share one client: each lane's pipeline (already in RESP) gets its
+    own replies, error replies returned, not raised (the store maps NOSCRIPT itself), and
+    Redis runs the pipelines one after the other in the order they were sent."""
+    client = MultiplexedRedis(single_redis_url, timeout_s=5)
+    key = f"mux{uuid.uuid4().hex[:8]}:order"
+    try:
+
+        async def lane(i: int) -> list[object]:
+            commands = [("RPUSH", key, f"{i}:{j}") for j in range(200)]
+            commands.append(("EVALSHA", "0" * 40, "0"))  # an error reply, returned
+            return await client.execute_packed(pack(commands), len(commands))
+
+        results = await asyncio.gather(*(lane(i) for i in range(4)))
+        for i, replies in enumerate(results):
+            assert replies[:200] == list(range(200 * i + 1, 200 * i + 201))
+            assert isinstance(replies[200], hiredis.ReplyError)
+            assert str(replies[200]).startswith("NOSCRIPT")
+        pushed = await client.execute([("LRANGE", key, 0, -1)])
+        assert pushed[0] == [f"{i}:{j}".encode() for i in range(4) for j in range(200)]
+        await client.execute([("DEL", key)])
+    finally:
+        await client.aclose()
