@@ -51,7 +51,7 @@ from service.segmentation.rules import Rules, load_rules
 from service.settings import Settings
 from service.store.keys import Keys, shard_of
 from service.store.leases import Lease, ShardLeaseKeeper, ShardLeases
-from service.store.packing import CustomerState, epoch_ms, from_epoch_ms, pack_segmentation
+from service.store.packing import CustomerState, epoch_ms, from_epoch_ms
 from service.store.profiles import ApplyRequest, RedisProfileStore, SegmentWrite
 from service.store.redis_client import AnyRedis, create_redis
 from service.store.scripts import LuaScript, ScriptBatch
@@ -199,7 +199,7 @@ class FencedStore:
                 [
                     w.expected_revision,
                     w.expected_packed,
-                    "\n".join(pack_segmentation(w.new)),
+                    "\n".join(w.packed()),
                     old_segment,
                     new_segment,
                     "" if w.new.next_review_ms is None else str(w.new.next_review_ms),

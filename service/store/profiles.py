@@ -219,9 +219,7 @@ class RedisProfileStore:
                 )
                 for i in indexes:
                     r = requests[i]
-                    d = r.delta
-                    head = f"{r.partition} {r.offset} {_KIND_CODE[d.kind]} {d.day} {d.occurred_ms}"
-                    totals = encode_totals(d.totals)
+                    head, totals = _event_args(r)
                     h = r.event_hash
                     add_chunk(
                         f"${len(head)}\r\n{head}\r\n${len(totals)}\r\n{totals}\r\n${len(h)}\r\n".encode()
@@ -249,12 +247,7 @@ class RedisProfileStore:
                 args: list[str | bytes | int] = ["EVALSHA", sha, 1, keys[cid], tail]
                 for i in indexes:
                     r = requests[i]
-                    d = r.delta
-                    args += (
-                        f"{r.partition} {r.offset} {_KIND_CODE[d.kind]} {d.day} {d.occurred_ms}",
-                        encode_totals(d.totals),
-                        r.event_hash,
-                    )
+                    args += (*_event_args(r), r.event_hash)
                 batch.command(*args)
             for cid in read_back:
                 batch.command("HGETALL", keys[cid])
@@ -416,6 +409,13 @@ class RedisProfileStore:
     async def aclose(self) -> None:
         if self._fast is not None:
             await self._fast.aclose()
+
+
+def _event_args(r: ApplyRequest) -> tuple[str, str]:
+    """An event's first two arguments to apply.lua: its head and its totals (see the script)."""
+    d = r.delta
+    head = f"{r.partition} {r.offset} {_KIND_CODE[d.kind]} {d.day} {d.occurred_ms}"
+    return head, encode_totals(d.totals)
 
 
 def _apply_calls(requests: Sequence[ApplyRequest]) -> dict[str, list[int]]:
