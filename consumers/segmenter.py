@@ -32,6 +32,7 @@ from service.segmentation.types import Axes, Cause, Segmentation, Treatment
 from service.store.packing import (
     CustomerState,
     StoredSegmentation,
+    axes_of,
     epoch_ms,
     from_epoch_ms,
     pack_segmentation,
@@ -124,7 +125,7 @@ def segmentation_json(seg: Segmentation) -> dict[str, object]:
     """A segmentation as published (the shape of :class:`schemas.changes.SegmentationOut`)."""
     return _segmentation_json(
         seg.segment,
-        seg.axes,
+        axes_json(seg.axes),
         treatment_json(seg.treatment),
         list(seg.reasons),
         seg.rules_version,
@@ -133,9 +134,25 @@ def segmentation_json(seg: Segmentation) -> dict[str, object]:
     )
 
 
+def axes_json(a: Axes) -> dict[str, object]:
+    """Axes as published (the shape of :class:`schemas.changes.AxesOut`)."""
+    return {
+        "lifecycle": a.lifecycle,
+        "value_tier": a.value_tier,
+        "loyalty": a.loyalty,
+        "needs": a.needs,
+        "rfm": {"r": a.rfm.r, "f": a.rfm.f, "m": a.rfm.m},
+        "rfm_segment": a.rfm_segment,
+        "key_account": a.key_account,
+        "frequency": a.frequency,
+        "aov": a.aov,
+        "profit": a.profit,
+    }
+
+
 def _segmentation_json(
     segment: str,
-    a: Axes,
+    axes: dict[str, object],
     treatment: dict[str, object],
     reasons: list[str],
     rules_version: str,
@@ -144,18 +161,7 @@ def _segmentation_json(
 ) -> dict[str, object]:
     return {
         "segment": segment,
-        "axes": {
-            "lifecycle": a.lifecycle,
-            "value_tier": a.value_tier,
-            "loyalty": a.loyalty,
-            "needs": a.needs,
-            "rfm": {"r": a.rfm.r, "f": a.rfm.f, "m": a.rfm.m},
-            "rfm_segment": a.rfm_segment,
-            "key_account": a.key_account,
-            "frequency": a.frequency,
-            "aov": a.aov,
-            "profit": a.profit,
-        },
+        "axes": axes,
         "treatment": treatment,
         "reasons": reasons,
         "rules_version": rules_version,
@@ -175,10 +181,10 @@ def change_id(customer_id: str, cause: Cause, trigger: str, before: str, after: 
     return hashlib.sha256(material).hexdigest()[:32]
 
 
-def _fingerprint_text(s: StoredSegmentation, g: str | None = None) -> str:
-    """The fingerprint as a stable string (segment, axes codes, treatment, RFM segment);
-    ``g``: the packed ``g`` field of ``s``, when known."""
-    return f"{pack_segmentation(s)[0] if g is None else g}|{s.axes.rfm_segment}"
+def _fingerprint_text(g: str, rfm_segment: str) -> str:
+    """The fingerprint as a stable string (segment, axes codes, treatment, RFM segment), from
+    the packed ``g`` field and the RFM segment (the axis ``m`` holds)."""
+    return f"{g}|{rfm_segment}"
 
 
 def _unchanged(state: CustomerState, g: str, m: str) -> bool:
@@ -193,13 +199,14 @@ def _unchanged(state: CustomerState, g: str, m: str) -> bool:
     return stored[0] == version and stored[2] == next_review and stored[3] == rfm_segment
 
 
-def _stored_from(seg: Segmentation) -> StoredSegmentation:
+def _stored_from(seg: Segmentation, as_of_ms: int | None = None) -> StoredSegmentation:
+    """``as_of_ms``: ``epoch_ms(seg.as_of)`` when the caller has it."""
     return StoredSegmentation(
         segment=seg.segment,
         axes=seg.axes,
         treatment_id=seg.treatment.id,
         rules_version=seg.rules_version,
-        as_of_ms=epoch_ms(seg.as_of),
+        as_of_ms=epoch_ms(seg.as_of) if as_of_ms is None else as_of_ms,
         next_review_ms=None if seg.next_review_at is None else epoch_ms(seg.next_review_at),
     )
 
@@ -244,28 +251,33 @@ class Segmenter:
         self._sink = sink
         self._topic = changes_topic
         self._rules = rules
-        self._treatments: dict[tuple[str, str], dict[str, object]] = {}
+        self._published: dict[tuple[str, str, str], _Published] = {}
 
-    def _stored_json(self, stored: StoredSegmentation, rules: Rules) -> dict[str, object]:
-        """``segmentation_json(stored_to_domain(stored, rules))``, without building the domain
-        objects (the treatment's JSON is kept per rules version)."""
-        key = (rules.version, stored.treatment_id)
-        treatment = self._treatments.get(key)
-        if treatment is None:
-            if len(self._treatments) > 1024:
-                self._treatments.clear()
-            t = treatment_of(rules, stored.treatment_id)
-            treatment = self._treatments[key] = treatment_json(t)
-        nxt = stored.next_review_ms
-        return _segmentation_json(
-            stored.segment,
-            stored.axes,
-            dict(treatment),
-            [],
-            stored.rules_version,
-            _iso_ms(stored.as_of_ms),
-            None if nxt is None else _iso_ms(nxt),
-        )
+    def _published_of(
+        self, rules: Rules, g: str, rfm_segment: str, seg: Segmentation | None = None
+    ) -> _Published:
+        """Segment, axes JSON and treatment JSON of the segmentation packed as ``g`` with
+        ``rfm_segment``, under ``rules`` (which resolve the treatment).
+
+        A few hundred combinations cover nearly every customer, so they are made once and
+        shared by every change event that shows them: the JSON objects are read-only. ``seg``:
+        the classifier's segmentation when there is one (else the packed form is unpacked)."""
+        key = (rules.version, g, rfm_segment)
+        published = self._published.get(key)
+        if published is None:
+            if seg is not None:
+                published = (seg.segment, axes_json(seg.axes), treatment_json(seg.treatment))
+            else:
+                segment, code, treatment_id = g.split("|")
+                published = (
+                    segment,
+                    axes_json(axes_of(code, rfm_segment)),
+                    treatment_json(treatment_of(rules, treatment_id)),
+                )
+            if len(self._published) >= 4096:
+                self._published.clear()
+            self._published[key] = published
+        return published
 
     async def settle(
         self,
@@ -280,6 +292,7 @@ class Segmenter:
         pending = dict(states)
         written = 0
         emitted: list[dict[str, object]] = []
+        as_of_ms = epoch_ms(now)
         for _ in range(MAX_WRITE_ROUNDS):
             writes: list[SegmentWrite] = []
             records: list[tuple[bytes, bytes]] = []
@@ -287,22 +300,25 @@ class Segmenter:
                 if not state.profile.known:
                     continue
                 seg = classify(state.profile, rules, now=now)
-                new = _stored_from(seg)
+                new = _stored_from(seg, as_of_ms)
                 packed = pack_segmentation(new)
-                if state.packed and _unchanged(state, *packed):
+                old_g = state.packed
+                if old_g and _unchanged(state, *packed):
                     continue  # nothing to write (decided on the stored strings, not unpacked)
-                old = state.stored
-                if old is None or old.fingerprint() != new.fingerprint():
+                # The fingerprints compared as stored strings: ``g`` packs segment, axes and
+                # treatment, and ``m`` ends with the RFM segment.
+                old_rfm = state.meta.rpartition("|")[2] if old_g else ""
+                if not old_g or old_g != packed[0] or old_rfm != seg.axes.rfm_segment:
                     change = self._change(
                         cid,
-                        old,
-                        new,
+                        state,
+                        old_rfm,
                         seg,
+                        packed,
                         rules,
                         cause=cause,
                         now=now,
                         trigger=trigger_for(cid),
-                        new_g=packed[0],
                     )
                     emitted.append(change)
                     records.append((cid.encode(), orjson.dumps(change)))
@@ -310,8 +326,8 @@ class Segmenter:
                     SegmentWrite(
                         customer_id=cid,
                         expected_revision=state.revision,
-                        expected_packed=state.packed,
-                        old_segment=None if old is None else old.segment,
+                        expected_packed=old_g,
+                        old_segment=old_g.partition("|")[0] if old_g else None,
                         new=new,
                         new_packed=packed,
                     )
@@ -337,19 +353,39 @@ class Segmenter:
     def _change(
         self,
         customer_id: str,
-        old: StoredSegmentation | None,
-        new: StoredSegmentation,
+        state: CustomerState,
+        old_rfm: str,
         seg: Segmentation,
+        packed: tuple[str, str],
         rules: Rules,
         *,
         cause: Cause,
         now: datetime,
         trigger: Trigger | None,
-        new_g: str | None = None,
     ) -> dict[str, object]:
-        before = "" if old is None else _fingerprint_text(old)
-        after = _fingerprint_text(new, new_g)
+        """The change event from ``state``'s stored segmentation to ``seg`` (packed as
+        ``packed``); ``old_rfm``: the stored RFM segment."""
+        old_g = state.packed
+        new_g = packed[0]
+        rfm_segment = seg.axes.rfm_segment
+        before = _fingerprint_text(old_g, old_rfm) if old_g else ""
+        after = _fingerprint_text(new_g, rfm_segment)
         trigger_key = "" if trigger is None else trigger.identity()
+        previous: dict[str, object] | None = None
+        if old_g:
+            segment, axes, treatment = self._published_of(rules, old_g, old_rfm)
+            version, as_of_ms, next_review_ms, _ = state.meta.split("|")
+            previous = _segmentation_json(
+                segment,
+                axes,
+                treatment,
+                [],
+                version,
+                _iso_ms(int(as_of_ms)),
+                _iso_ms(int(next_review_ms)) if next_review_ms else None,
+            )
+        segment, axes, treatment = self._published_of(rules, new_g, rfm_segment, seg)
+        nxt = seg.next_review_at
         return {
             "schema_version": 1,
             "change_id": change_id(customer_id, cause, trigger_key, before, after),
@@ -357,7 +393,19 @@ class Segmenter:
             "cause": cause,
             "as_of": _iso(now),
             "rules_version": seg.rules_version,
-            "previous": None if old is None else self._stored_json(old, rules),
-            "current": segmentation_json(seg),
+            "previous": previous,
+            "current": _segmentation_json(
+                segment,
+                axes,
+                treatment,
+                list(seg.reasons),
+                seg.rules_version,
+                _iso(seg.as_of),
+                None if nxt is None else _iso(nxt),
+            ),
             "trigger": None if trigger is None else trigger.as_json(),
         }
+
+
+_Published = tuple[str, dict[str, object], dict[str, object]]
+"""Segment, axes JSON and treatment JSON (:meth:`Segmenter._published_of`)."""

@@ -10,8 +10,11 @@ system calls into one, and it is never slower when idle (a lone command is flush
 next loop iteration).
 
 Single node only (a cluster keeps redis-py's cluster client). Failures surface as redis-py's
-exception types: a lost connection or a reply that takes longer than ``timeout_s`` fails every
-command in flight (``ConnectionError`` / ``TimeoutError``) and the next command reconnects.
+exception types: a lost connection, or a Redis that owes replies and sends nothing for
+``timeout_s``, fails every command in flight (``ConnectionError`` / ``TimeoutError``) and the
+next command reconnects. The timeout is on silence, not on each command's total wait: on a
+shared connection a command queues behind the others' (a consumer lane's pipeline behind
+three others, seconds of work for Redis), and a Redis busy answering them is not a dead one.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class _Protocol(asyncio.Protocol):
         self.client = client
         self.reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
+        self.time = asyncio.get_running_loop().time
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods
@@ -52,6 +56,7 @@ class _Protocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
+        self.client._heard_at = self.time()
         waiting = self.client._waiting
         try:
             while (reply := self.reader.gets()) is not False:
@@ -80,6 +85,10 @@ class MultiplexedRedis:
         self._waiting: deque[_Group] = deque()
         self._outgoing: list[bytes] = []
         self._flush_scheduled = False
+        self._heard_at = 0.0
+        """Loop time Redis last sent bytes, or a first command was queued on an idle
+        connection: the watchdog's reference."""
+        self._watchdog: asyncio.TimerHandle | None = None
 
     async def execute(self, commands: Sequence[Command]) -> list[Any]:
         """Replies to ``commands`` (sent together, in order); an error reply raises."""
@@ -99,18 +108,32 @@ class MultiplexedRedis:
         protocol = self._protocol or await self._connect()
         loop = asyncio.get_running_loop()
         group = _Group(count, loop.create_future())
+        if not self._waiting:
+            self._heard_at = loop.time()  # silence is counted from now
         self._waiting.append(group)
         self._outgoing.append(payload)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush, protocol)
-        try:
-            return await asyncio.wait_for(group.future, self._timeout)
-        except TimeoutError:
-            self._fail(
-                RedisTimeoutError(f"no reply from {self._host}:{self._port} in {self._timeout}s")
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(self._heard_at + self._timeout, self._watch, loop)
+        return await group.future
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fails everything in flight once Redis owes replies and has been silent for
+        ``timeout_s``; otherwise looks again when that could next be true."""
+        self._watchdog = None
+        if not self._waiting:
+            return
+        silent_until = self._heard_at + self._timeout
+        if loop.time() < silent_until:
+            self._watchdog = loop.call_at(silent_until, self._watch, loop)
+            return
+        self._fail(
+            RedisTimeoutError(
+                f"no reply from Redis at {self._host}:{self._port} for {self._timeout}s"
             )
-            raise RedisTimeoutError(f"no reply from Redis in {self._timeout}s") from None
+        )
 
     def _flush(self, protocol: _Protocol) -> None:
         self._flush_scheduled = False
@@ -156,6 +179,9 @@ class MultiplexedRedis:
     def _fail(self, error: Exception) -> None:
         """Drops the connection and fails every command in flight with ``error``."""
         protocol, self._protocol = self._protocol, None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if protocol is not None and protocol.transport is not None:
             protocol.transport.abort()
         waiting, self._waiting = self._waiting, deque()

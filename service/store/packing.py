@@ -117,7 +117,7 @@ def pack_segmentation(s: StoredSegmentation) -> tuple[str, str]:
 
 
 @functools.lru_cache(maxsize=4096)
-def _axes(code: str, rfm_segment: str) -> Axes:
+def axes_of(code: str, rfm_segment: str) -> Axes:
     """The axes packed as ``code`` (a few hundred combinations are common: memoised, the
     objects are immutable)."""
     lifecycle, value, loyalty, needs, level = _BACK
@@ -140,7 +140,7 @@ def unpack_segmentation(g: bytes | str, m: bytes | str) -> StoredSegmentation:
     m_text = m.decode() if isinstance(m, bytes) else m
     segment, code, treatment_id = g_text.split("|")
     rules_version, as_of_ms, next_review_ms, rfm_segment = m_text.split("|")
-    axes = _axes(code, rfm_segment)
+    axes = axes_of(code, rfm_segment)
     return StoredSegmentation(
         segment=segment,
         axes=axes,

@@ -100,6 +100,36 @@ async def test_unreachable_and_silent_servers() -> None:
         server.close()
 
 
+async def test_a_slow_redis_that_keeps_answering_is_waited_for() -> None:
+    """The timeout is on silence, not on a command's total wait: commands queued behind others
+    on the shared connection (a lane's pipeline behind three others) wait as long as Redis
+    keeps answering, here 6 replies 0.1 s apart with a 0.25 s timeout."""
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        pending = b""
+        while True:
+            data = await reader.read(1 << 16)
+            if not data:
+                break
+            pending += data
+            while b"PING\r\n" in pending:
+                _, _, pending = pending.partition(b"PING\r\n")
+                await asyncio.sleep(0.1)
+                writer.write(b"+PONG\r\n")
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(slow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = MultiplexedRedis(f"redis://127.0.0.1:{port}/0", timeout_s=0.25)
+    try:
+        replies = await asyncio.gather(*(client.execute([("PING",)]) for _ in range(6)))
+        assert replies == [[b"PONG"]] * 6
+    finally:
+        await client.aclose()
+        server.close()
+
+
 async def test_packed_pipelines_run_whole_in_the_order_sent(single_redis_url: str) -> None:
     """The consumer's lanes share one client: each lane's pipeline (already in RESP) gets its
     own replies, error replies returned, not raised (the store maps NOSCRIPT itself), and
