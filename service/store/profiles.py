@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import struct
 from bisect import bisect_left
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,6 @@ from service.store.packing import (
     CustomerState,
     StoredSegmentation,
     decode_customer,
-    encode_totals,
     pack_segmentation,
 )
 from service.store.redis_client import AnyRedis
@@ -28,7 +28,13 @@ from service.store.scripts import LuaScript, ScriptBatch
 
 log = logging.getLogger(__name__)
 
-_KIND_CODE = {"purchase": "p", "refund": "r", "engagement": "e"}
+_KIND_CODE = {"purchase": b"p", "refund": b"r", "engagement": b"e"}
+_EVENT = struct.Struct("<iqciq9q8s")
+"""One event's argument to apply.lua: partition, offset, kind code, day, occurred_ms, the nine
+totals and the 8-byte event id hash, little-endian (the script unpacks the same layout)."""
+_EVENT_BULK = struct.Struct(f"<{len(b'$%d' % _EVENT.size) + 2}s{_EVENT.format[1:]}2s")
+""":data:`_EVENT` framed as a RESP bulk string (its length header, then CRLF after it)."""
+_EVENT_HEADER = b"$%d\r\n" % _EVENT.size
 
 APPLIED, SKIPPED_OFFSET, SKIPPED_DUPLICATE, ERASED = 1, 0, 2, 3
 """Outcomes of apply.lua. ``ERASED``: skipped, the customer was erased and its tombstone still
@@ -206,26 +212,35 @@ class RedisProfileStore:
         n = len(calls)
         if self._fast is not None:
             # RESP written directly, one string per command: the generic packer's per-argument
-            # type dispatch costs more than the script takes to run. Every argument but the
-            # event hash is ASCII (ids are of a safe alphabet), so characters count bytes.
+            # type dispatch costs more than the script takes to run. The key and the first
+            # argument are ASCII (ids are of a safe alphabet), so characters count bytes; each
+            # event is one struct.pack, framing included.
             prefix = self._apply_prefix
             tail_bulk = f"${len(tail)}\r\n{tail}\r\n"
             chunks: list[bytes] = []
             add_chunk = chunks.append
+            pack_event, header, kind_code = _EVENT_BULK.pack, _EVENT_HEADER, _KIND_CODE
             for cid, indexes in calls.items():
                 key = keys[cid]
                 add_chunk(
-                    f"*{5 + 3 * len(indexes)}{prefix}${len(key)}\r\n{key}\r\n{tail_bulk}".encode()
+                    f"*{5 + len(indexes)}{prefix}${len(key)}\r\n{key}\r\n{tail_bulk}".encode()
                 )
                 for i in indexes:
                     r = requests[i]
-                    head, totals = _event_args(r)
-                    h = r.event_hash
+                    d = r.delta
                     add_chunk(
-                        f"${len(head)}\r\n{head}\r\n${len(totals)}\r\n{totals}\r\n${len(h)}\r\n".encode()
+                        pack_event(
+                            header,
+                            r.partition,
+                            r.offset,
+                            kind_code[d.kind],
+                            d.day,
+                            d.occurred_ms,
+                            *d.totals,
+                            r.event_hash,
+                            b"\r\n",
+                        )
                     )
-                    add_chunk(h)
-                    add_chunk(b"\r\n")
             for cid in read_back:
                 key = keys[cid]
                 add_chunk(f"*2\r\n$7\r\nHGETALL\r\n${len(key)}\r\n{key}\r\n".encode())
@@ -245,9 +260,7 @@ class RedisProfileStore:
             batch = ScriptBatch(self._redis)
             for cid, indexes in calls.items():
                 args: list[str | bytes | int] = ["EVALSHA", sha, 1, keys[cid], tail]
-                for i in indexes:
-                    r = requests[i]
-                    args += (*_event_args(r), r.event_hash)
+                args += [_event_arg(requests[i]) for i in indexes]
                 batch.command(*args)
             for cid in read_back:
                 batch.command("HGETALL", keys[cid])
@@ -411,11 +424,12 @@ class RedisProfileStore:
             await self._fast.aclose()
 
 
-def _event_args(r: ApplyRequest) -> tuple[str, str]:
-    """An event's first two arguments to apply.lua: its head and its totals (see the script)."""
+def _event_arg(r: ApplyRequest) -> bytes:
+    """An event's argument to apply.lua (:data:`_EVENT`; the RESP path packs it framed)."""
     d = r.delta
-    head = f"{r.partition} {r.offset} {_KIND_CODE[d.kind]} {d.day} {d.occurred_ms}"
-    return head, encode_totals(d.totals)
+    return _EVENT.pack(
+        r.partition, r.offset, _KIND_CODE[d.kind], d.day, d.occurred_ms, *d.totals, r.event_hash
+    )
 
 
 def _apply_calls(requests: Sequence[ApplyRequest]) -> dict[str, list[int]]:

@@ -24,6 +24,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from consumers.codec import DecodedEvent, EventCodec
 from consumers.segmenter import min_day_for
+from service.segmentation.profile import Totals
 from service.segmentation.rules import load_rules
 from service.settings import ValidationSettings
 from service.store.keys import Keys
@@ -34,6 +35,7 @@ from service.store.profiles import (
     SKIPPED_OFFSET,
     ApplyRequest,
     RedisProfileStore,
+    _event_arg,
 )
 from service.store.redis_client import create_redis
 from service.store.resp import RespPipeline, pack
@@ -192,13 +194,13 @@ async def test_one_call_applies_a_customers_events_in_order(redis_url: str) -> N
     redis = create_redis(redis_settings(redis_url))
     key = Keys(f"pp{uuid.uuid4().hex[:8]}:").customer("c-1")
     (request,) = _requests([purchase("c-1", "e-1", NOW, "5.00")])
-    d = request.delta
+    d = request.delta._replace(totals=Totals(orders=1, spend=50_000))
 
-    def event(offset: int, hash_: bytes) -> list[Any]:
-        return [f"3 {offset} p {d.day} {d.occurred_ms}", "1,50000", hash_]
+    def event(offset: int, hash_: bytes) -> bytes:
+        return _event_arg(ApplyRequest("c-1", 3, offset, hash_, d))
 
     a, b = request.event_hash, request.event_hash[:7] + b"\xff"
-    calls = [*event(13, a), *event(14, a), *event(15, b), *event(12, b)]
+    calls = [event(13, a), event(14, a), event(15, b), event(12, b)]
     tail = f"{MIN_DAY} 8"
     assert await APPLY(redis, [key], [tail, *calls]) == [
         4 * 0 + APPLIED,
@@ -211,7 +213,7 @@ async def test_one_call_applies_a_customers_events_in_order(redis_url: str) -> N
     assert await APPLY(redis, [key], [tail, *calls]) == [4 * 2 + SKIPPED_OFFSET] * 4
     await redis.delete(key)
     await redis.hset(key, "x", "1")  # an erase tombstone
-    assert await APPLY(redis, [key], [tail, *event(20, a), *event(21, b)]) == [ERASED] * 2
+    assert await APPLY(redis, [key], [tail, event(20, a), event(21, b)]) == [ERASED] * 2
     assert await redis.hgetall(key) == {b"x": b"1"}
     await redis.aclose()
 
