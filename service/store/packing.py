@@ -17,7 +17,7 @@ small hash of short fields:
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import zip_longest
@@ -209,6 +209,57 @@ def decode_customer(customer_id: str, fields: Iterable[bytes], *, min_day: int) 
         revision=revision.decode(),
         packed=packed.decode(),
         meta=meta.decode(),
+        stale=stale,
+    )
+
+
+_decode_read_back_json = msgspec.json.Decoder(
+    tuple[int | None, int | None, int | None, int | None, list[int], list[list[int]]]
+).decode
+
+
+def decode_read_back(
+    customer_id: str, reply: Sequence[bytes], *, min_day: int
+) -> CustomerState | None:
+    """apply.lua's read-back of a customer (``[json, g, m]``, see the script): the state
+    :func:`decode_customer` gives for the same hash, in one JSON parse; ``None`` for anything
+    that does not parse as the script writes it (the caller reads the hash instead)."""
+    raw, g, m = reply
+    try:
+        revision, first, last, engaged, lifetime, rows = _decode_read_back_json(raw)
+    except msgspec.MsgspecError:
+        return None
+    if len(lifetime) > N_TOTALS:
+        return None
+    if rows:
+        rows.sort()  # by day: a hash has each day once
+        columns = list(zip_longest(*rows, fillvalue=0))
+        if len(columns) > N_TOTALS + 1 or min(map(len, rows)) < 2:
+            return None
+        days = columns[0]
+        del columns[0]
+        columns += [(0,) * len(days)] * (N_TOTALS - len(columns))
+        buckets = Buckets(days, columns)
+    else:
+        buckets = EMPTY_BUCKETS
+    stale: tuple[bytes, ...] = ()
+    if buckets.days and buckets.days[0] < min_day:
+        start = buckets.start(min_day)
+        stale = tuple([b"d:%d" % day for day in buckets.days[:start]])
+        buckets = buckets.tail(start)
+    profile = Profile(
+        customer_id,
+        first,
+        last,
+        engaged,
+        _new_totals(Totals, (*lifetime, *_PAD[N_TOTALS - len(lifetime)])) if lifetime else ZERO,
+        buckets,
+    )
+    return CustomerState(
+        profile=profile,
+        revision="" if revision is None else str(revision),
+        packed=g.decode(),
+        meta=m.decode(),
         stale=stale,
     )
 

@@ -20,6 +20,7 @@ from service.store.packing import (
     CustomerState,
     StoredSegmentation,
     decode_customer,
+    decode_read_back,
     pack_segmentation,
 )
 from service.store.redis_client import AnyRedis
@@ -165,15 +166,14 @@ class RedisProfileStore:
         self, requests: Sequence[ApplyRequest], skip_read: Collection[str], *, min_day: int
     ) -> tuple[list[int], dict[str, CustomerState]]:
         """One pipeline: one apply call per customer with all its events (replies per event, as
-        the script gives them), then a read-back of every touched customer not in
-        ``skip_read``.
+        the script gives them), each call also reading its customer back after the apply
+        unless the customer is in ``skip_read``.
 
         A pipeline can run in part: a Redis that lost its scripts answers NOSCRIPT to the first
         calls, and if another client loads the script meanwhile, the later calls run. A
-        customer's events are all in one call, so a customer is applied whole or not at all;
-        but a read-back taken before its apply ran would show the customer without its events,
-        so the whole pipeline is sent again, idempotent. An event applied by any send counts as
-        applied; the read-back is the last send's.
+        customer's events and its read-back are all in one call, so a customer is applied and
+        read whole or not at all; the whole pipeline is sent again, idempotent. An event
+        applied by any send counts as applied; the read-back is the last send's.
         """
         calls = _apply_calls(requests)
         tail = f"{min_day} {self._ring_size}"
@@ -206,24 +206,29 @@ class RedisProfileStore:
         min_day: int,
     ) -> tuple[list[int], dict[str, CustomerState]]:
         """One send of the apply pipeline; an event whose call did not run (NOSCRIPT) replies
-        :data:`_NOT_RUN`."""
-        read_back = [cid for cid in calls if cid not in skip_read]
+        :data:`_NOT_RUN`. A customer not in ``skip_read`` is read back by its own apply call,
+        after its events (the script's read-back, one more reply)."""
         keys = {cid: self._keys.customer(cid) for cid in calls}
-        n = len(calls)
+        reads = {cid: cid not in skip_read for cid in calls}
+        read_tail = f"{tail} 1"
         if self._fast is not None:
             # RESP written directly, one string per command: the generic packer's per-argument
             # type dispatch costs more than the script takes to run. The key and the first
             # argument are ASCII (ids are of a safe alphabet), so characters count bytes; each
             # event is one struct.pack, framing included.
             prefix = self._apply_prefix
-            tail_bulk = f"${len(tail)}\r\n{tail}\r\n"
+            tail_bulks = {
+                False: f"${len(tail)}\r\n{tail}\r\n",
+                True: f"${len(read_tail)}\r\n{read_tail}\r\n",
+            }
             chunks: list[bytes] = []
             add_chunk = chunks.append
             pack_event, header, kind_code = _EVENT_BULK.pack, _EVENT_HEADER, _KIND_CODE
             for cid, indexes in calls.items():
                 key = keys[cid]
                 add_chunk(
-                    f"*{5 + len(indexes)}{prefix}${len(key)}\r\n{key}\r\n{tail_bulk}".encode()
+                    f"*{5 + len(indexes)}{prefix}${len(key)}\r\n{key}\r\n"
+                    f"{tail_bulks[reads[cid]]}".encode()
                 )
                 for i in indexes:
                     r = requests[i]
@@ -241,14 +246,11 @@ class RedisProfileStore:
                             b"\r\n",
                         )
                     )
-            for cid in read_back:
-                key = keys[cid]
-                add_chunk(f"*2\r\n$7\r\nHGETALL\r\n${len(key)}\r\n{key}\r\n".encode())
-            results = await self._fast.execute_packed(b"".join(chunks), n + len(read_back))
+            results = await self._fast.execute_packed(b"".join(chunks), len(calls))
             refused = False
             for i, reply in enumerate(results):
                 if isinstance(reply, hiredis.ReplyError):
-                    if i < n and str(reply).startswith("NOSCRIPT"):
+                    if str(reply).startswith("NOSCRIPT"):
                         results[i] = None  # sent again with the rest
                         refused = True
                     else:
@@ -259,30 +261,42 @@ class RedisProfileStore:
             sha = self._apply.sha
             batch = ScriptBatch(self._redis)
             for cid, indexes in calls.items():
-                args: list[str | bytes | int] = ["EVALSHA", sha, 1, keys[cid], tail]
+                args: list[str | bytes | int] = [
+                    "EVALSHA",
+                    sha,
+                    1,
+                    keys[cid],
+                    read_tail if reads[cid] else tail,
+                ]
                 args += [_event_arg(requests[i]) for i in indexes]
                 batch.command(*args)
-            for cid in read_back:
-                batch.command("HGETALL", keys[cid])
             # Sent once, like the RESP path above (not ScriptBatch.execute, which resends only
-            # the refused calls): an apply refused with NOSCRIPT sends the whole pipeline again,
-            # read-backs included, or a read-back taken before that apply ran would show the
-            # customer without its events (a segmentation and change never made for it).
+            # the refused calls): an apply refused with NOSCRIPT sends the whole pipeline again
+            # (see _apply_read).
             batch.uses(self._apply)
             results = await batch.execute_once()
-            for i, reply in enumerate(results[:n]):
+            for i, reply in enumerate(results):
                 if isinstance(reply, NoScriptError):
                     results[i] = None  # sent again with the rest
 
         tagged = [_NOT_RUN] * len(requests)
-        for indexes, replies in zip(calls.values(), results[:n], strict=True):
-            if replies is not None:
-                for i, x in zip(indexes, replies, strict=True):
-                    tagged[i] = int(x)
-        states = {
-            cid: decode_customer(cid, _as_flat(fields), min_day=min_day)
-            for cid, fields in zip(read_back, results[n:], strict=True)
-        }
+        states: dict[str, CustomerState] = {}
+        unread: list[str] = []
+        for (cid, indexes), replies in zip(calls.items(), results, strict=True):
+            if replies is None:
+                continue
+            for i, x in zip(indexes, replies, strict=False):  # then the read-back, if asked
+                tagged[i] = x
+            if reads[cid]:
+                state = decode_read_back(cid, replies[len(indexes)], min_day=min_day)
+                if state is None:
+                    unread.append(cid)
+                else:
+                    states[cid] = state
+        if unread:  # a hash the script's read-back does not parse: read as it is
+            fields = await self._run([("HGETALL", keys[cid]) for cid in unread], None)
+            for cid, raw in zip(unread, fields, strict=True):
+                states[cid] = decode_customer(cid, _as_flat(raw), min_day=min_day)
         return tagged, states
 
     async def read(self, customer_ids: Sequence[str], *, min_day: int) -> dict[str, CustomerState]:

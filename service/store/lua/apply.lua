@@ -1,14 +1,15 @@
 -- Apply a customer's events of one pipeline, in order, each exactly once. Twin of
 -- segmentation/profile.py:apply_event, folded once per event.
 -- KEYS[1]  customer hash
--- ARGV[1]  "<oldest day kept> <ring size>"
+-- ARGV[1]  "<oldest day kept> <ring size>[ 1]": with " 1", the customer is read back after the
+--          apply, as one more reply (see readback below)
 -- then one argument per event, in the customer's order, 105 bytes packed little-endian
 -- (RedisProfileStore's _EVENT): partition (int32), offset (int64), kind (1 byte: p(urchase)
 -- r(efund) e(ngagement)), day (int32, UTC epoch day of occurred_at), occurred_ms (int64), the
 -- nine totals (int64 each, Totals order), the event id hash (8 bytes). Binary, not text: one
 -- struct.unpack here and one struct.pack in the client, where parsing and formatting numbers
 -- cost the most on both sides.
--- Returns one number per event: 4 * revision_before + outcome, outcome 1 applied, 0 skipped
+-- Returns one number per event (then the read-back, when asked): 4 * revision_before + outcome, outcome 1 applied, 0 skipped
 -- (offset at or below the watermark), 2 skipped (event id seen), 3 skipped (the customer was
 -- erased: its hash is an erase tombstone, field `x`, see erase.lua, which expires after its
 -- retention). The revision before each event lets a client that keeps the decoded customer
@@ -21,11 +22,48 @@
 -- Numbers cost more than anything else here (a parse or a format is ~0.3 µs in Redis's Lua):
 -- each stored CSV is parsed at most once per call, written once, and zeros are never formatted.
 local key = KEYS[1]
-local min_day_s, ring_s = string.match(ARGV[1], '^(%-?%d+) (%d+)$')
+local min_day_s, ring_s, read_s = string.match(ARGV[1], '^(%-?%d+) (%d+) ?(%d?)$')
 local min_day = tonumber(min_day_s)
 local cap = tonumber(ring_s) * 8
 local n = #ARGV - 1
-local find, sub, format, unpack_event = string.find, string.sub, string.format, struct.unpack
+local find, sub, format, byte = string.find, string.sub, string.format, string.byte
+local unpack_event = struct.unpack
+
+-- The customer as it is now, for the client to classify: {json, g, m}, json being
+-- [v, f, l, e, [lifetime totals], [[day, totals...], ...]] (null for an absent v, f, l or e;
+-- buckets in no particular order). Built from the stored texts without parsing a number, so the
+-- client decodes it in one JSON parse, where a plain HGETALL costs it a parse per field
+-- (packing.decode_read_back; it falls back to HGETALL for anything it cannot parse).
+local function readback()
+  local all = redis.call('HGETALL', key)
+  local v, f, l, e, lifetime, g, m = 'null', 'null', 'null', 'null', '', '', ''
+  local rows, k = {}, 0
+  for i = 1, #all, 2 do
+    local name, value = all[i], all[i + 1]
+    if byte(name, 1) == 100 and byte(name, 2) == 58 then -- 'd:'
+      k = k + 1
+      rows[k] = '[' .. sub(name, 3) .. ',' .. value .. ']'
+    elseif name == 'L' then lifetime = value
+    elseif name == 'v' then v = value
+    elseif name == 'f' then f = value
+    elseif name == 'l' then l = value
+    elseif name == 'e' then e = value
+    elseif name == 'g' then g = value
+    elseif name == 'm' then m = value
+    end
+  end
+  return {
+    '[' .. v .. ',' .. f .. ',' .. l .. ',' .. e .. ',[' .. lifetime .. '],[' ..
+      table.concat(rows, ',') .. ']]',
+    g,
+    m,
+  }
+end
+
+local function finish(out)
+  if read_s == '1' then out[#out + 1] = readback() end
+  return out
+end
 
 -- Every event's position and day; every bucket the events touch is read in the same HMGET.
 local parts, offsets, kinds, days, stamps, deltas, hashes = {}, {}, {}, {}, {}, {}, {}
@@ -52,7 +90,7 @@ local out = {}
 -- 0. Erased: a tombstone stands in for the customer; nothing may re-create it while it lives.
 if cur[8] then
   for i = 1, n do out[i] = rev * 4 + 3 end
-  return out
+  return finish(out)
 end
 
 local w_part, w_offset = nil, -1
@@ -127,7 +165,7 @@ for i = 1, n do
   end
 end
 
-if not w_mark then return out end
+if not w_mark then return finish(out) end
 local set = {'w', format('%d:%d', w_part, w_offset)}
 if applied then
   set[#set + 1] = 'r'
@@ -158,4 +196,4 @@ if applied then
   if e_set then set[#set + 1] = 'e'; set[#set + 1] = format('%d', engaged) end
 end
 redis.call('HSET', key, unpack(set))
-return out
+return finish(out)
