@@ -153,10 +153,21 @@ def classify(profile: Profile, rules: Rules, *, now: datetime) -> Segmentation:
 
 def _window_sums(buckets: Buckets, start: int) -> _WindowSums:
     """Sums of the buckets from index ``start`` on, and the day of the first of them."""
-    if start >= len(buckets):
+    days = buckets.days
+    if start >= len(days):
         return 0, 0, 0, 0, 0, 0, 0, None
-    columns = buckets.tail(start).columns
-    orders, spend, _, refunded, margin, discounted, premium, _, support = columns
+    orders, spend, _, refunded, margin, discounted, premium, _, support = buckets.columns
+    if start > 0:  # only the columns summed are sliced
+        return (
+            sum(orders[start:]),
+            sum(spend[start:]),
+            sum(refunded[start:]),
+            sum(margin[start:]),
+            sum(discounted[start:]),
+            sum(premium[start:]),
+            sum(support[start:]),
+            days[start],
+        )
     return (
         sum(orders),
         sum(spend),
@@ -165,7 +176,7 @@ def _window_sums(buckets: Buckets, start: int) -> _WindowSums:
         sum(discounted),
         sum(premium),
         sum(support),
-        buckets.days[start],
+        days[0],
     )
 
 
