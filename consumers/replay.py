@@ -335,8 +335,8 @@ async def rebuild(
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        fetch_max_bytes=32 * 1024 * 1024,
-        max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_bytes=k.fetch_max_bytes,
+        max_partition_fetch_bytes=k.max_partition_fetch_bytes,
     )
     await consumer.start()
     producer = create_producer(k) if changes_topic else None

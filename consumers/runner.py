@@ -169,8 +169,8 @@ class ConsumerApp:
             max_poll_interval_ms=s.kafka.max_poll_interval_ms,
             session_timeout_ms=s.kafka.session_timeout_ms,
             heartbeat_interval_ms=max(1000, s.kafka.session_timeout_ms // 4),
-            fetch_max_bytes=32 * 1024 * 1024,
-            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=s.kafka.fetch_max_bytes,
+            max_partition_fetch_bytes=s.kafka.max_partition_fetch_bytes,
         )
         consumer.subscribe(
             [s.kafka.events_topic],
