@@ -191,11 +191,7 @@ def decode_customer(customer_id: str, fields: Iterable[bytes], *, min_day: int) 
     buckets = _bucket_columns(by_name) if by_name else EMPTY_BUCKETS
     if buckets is None:
         buckets = Buckets.of(_bucket_rows(by_name))
-    stale: tuple[bytes, ...] = ()
-    if buckets.days and buckets.days[0] < min_day:
-        start = buckets.start(min_day)
-        stale = tuple([b"d:%d" % day for day in buckets.days[:start]])
-        buckets = buckets.tail(start)
+    buckets, stale = _kept(buckets, min_day)
     profile = Profile(
         customer_id,
         None if first is None else int(first),
@@ -242,11 +238,7 @@ def decode_read_back(
         buckets = Buckets(days, columns)
     else:
         buckets = EMPTY_BUCKETS
-    stale: tuple[bytes, ...] = ()
-    if buckets.days and buckets.days[0] < min_day:
-        start = buckets.start(min_day)
-        stale = tuple([b"d:%d" % day for day in buckets.days[:start]])
-        buckets = buckets.tail(start)
+    buckets, stale = _kept(buckets, min_day)
     profile = Profile(
         customer_id,
         first,
@@ -262,6 +254,15 @@ def decode_read_back(
         meta=m.decode(),
         stale=stale,
     )
+
+
+def _kept(buckets: Buckets, min_day: int) -> tuple[Buckets, tuple[bytes, ...]]:
+    """The buckets from ``min_day`` on, and the field names of those before it (stale: the
+    consumer deletes them, RedisProfileStore.trim)."""
+    if not buckets.days or buckets.days[0] >= min_day:
+        return buckets, ()
+    start = buckets.start(min_day)
+    return buckets.tail(start), tuple([b"d:%d" % day for day in buckets.days[:start]])
 
 
 _OTHER_FIELDS = (b"w", b"r", b"x")

@@ -19,7 +19,7 @@ from typing import IO, Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from consumers.segmenter import min_day_for
+from consumers.segmenter import axes_json, min_day_for
 from service.kafka import client_options
 from service.segmentation.classifier import classify
 from service.segmentation.rules import Rules
@@ -121,20 +121,8 @@ def fingerprint_json(seg: dict[str, Any]) -> tuple[object, ...]:
 
 
 def stored_fingerprint(stored: StoredSegmentation) -> tuple[object, ...]:
-    a = stored.axes
-    axes = {
-        "lifecycle": a.lifecycle,
-        "value_tier": a.value_tier,
-        "loyalty": a.loyalty,
-        "needs": a.needs,
-        "rfm": {"r": a.rfm.r, "f": a.rfm.f, "m": a.rfm.m},
-        "rfm_segment": a.rfm_segment,
-        "key_account": a.key_account,
-        "frequency": a.frequency,
-        "aov": a.aov,
-        "profit": a.profit,
-    }
-    return (stored.segment, orjson.dumps(axes, option=orjson.OPT_SORT_KEYS), stored.treatment_id)
+    axes = orjson.dumps(axes_json(stored.axes), option=orjson.OPT_SORT_KEYS)
+    return (stored.segment, axes, stored.treatment_id)
 
 
 async def read_changes(
