@@ -199,14 +199,14 @@ def _unchanged(state: CustomerState, g: str, m: str) -> bool:
     return stored[0] == version and stored[2] == next_review and stored[3] == rfm_segment
 
 
-def _stored_from(seg: Segmentation, as_of_ms: int | None = None) -> StoredSegmentation:
-    """``as_of_ms``: ``epoch_ms(seg.as_of)`` when the caller has it."""
+def _stored_from(seg: Segmentation, as_of_ms: int) -> StoredSegmentation:
+    """``as_of_ms``: ``epoch_ms(seg.as_of)``, which the caller has (one ``now`` per batch)."""
     return StoredSegmentation(
         segment=seg.segment,
         axes=seg.axes,
         treatment_id=seg.treatment.id,
         rules_version=seg.rules_version,
-        as_of_ms=epoch_ms(seg.as_of) if as_of_ms is None else as_of_ms,
+        as_of_ms=as_of_ms,
         next_review_ms=None if seg.next_review_at is None else epoch_ms(seg.next_review_at),
     )
 
@@ -218,21 +218,6 @@ def treatment_of(rules: Rules, treatment_id: str) -> Treatment:
         Treatment(id=treatment_id)
         if spec is None
         else Treatment(id=treatment_id, **spec.model_dump())
-    )
-
-
-def stored_to_domain(stored: StoredSegmentation, rules: Rules) -> Segmentation:
-    """A stored segmentation with its treatment resolved (reasons are not stored)."""
-    return Segmentation(
-        segment=stored.segment,
-        axes=stored.axes,
-        treatment=treatment_of(rules, stored.treatment_id),
-        reasons=(),
-        rules_version=stored.rules_version,
-        as_of=from_epoch_ms(stored.as_of_ms),
-        next_review_at=None
-        if stored.next_review_ms is None
-        else from_epoch_ms(stored.next_review_ms),
     )
 
 

@@ -33,9 +33,9 @@ _KIND_CODE = {"purchase": b"p", "refund": b"r", "engagement": b"e"}
 _EVENT = struct.Struct("<iqciq9q8s")
 """One event's argument to apply.lua: partition, offset, kind code, day, occurred_ms, the nine
 totals and the 8-byte event id hash, little-endian (the script unpacks the same layout)."""
-_EVENT_BULK = struct.Struct(f"<{len(b'$%d' % _EVENT.size) + 2}s{_EVENT.format[1:]}2s")
-""":data:`_EVENT` framed as a RESP bulk string (its length header, then CRLF after it)."""
 _EVENT_HEADER = b"$%d\r\n" % _EVENT.size
+_EVENT_BULK = struct.Struct(f"<{len(_EVENT_HEADER)}s{_EVENT.format[1:]}2s")
+""":data:`_EVENT` framed as a RESP bulk string (:data:`_EVENT_HEADER` before it, CRLF after)."""
 
 APPLIED, SKIPPED_OFFSET, SKIPPED_DUPLICATE, ERASED = 1, 0, 2, 3
 """Outcomes of apply.lua. ``ERASED``: skipped, the customer was erased and its tombstone still

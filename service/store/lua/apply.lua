@@ -9,7 +9,8 @@
 -- nine totals (int64 each, Totals order), the event id hash (8 bytes). Binary, not text: one
 -- struct.unpack here and one struct.pack in the client, where parsing and formatting numbers
 -- cost the most on both sides.
--- Returns one number per event (then the read-back, when asked): 4 * revision_before + outcome, outcome 1 applied, 0 skipped
+-- Returns one number per event (then the read-back, when asked):
+-- 4 * revision_before + outcome, outcome 1 applied, 0 skipped
 -- (offset at or below the watermark), 2 skipped (event id seen), 3 skipped (the customer was
 -- erased: its hash is an erase tombstone, field `x`, see erase.lua, which expires after its
 -- retention). The revision before each event lets a client that keeps the decoded customer
